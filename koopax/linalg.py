@@ -1,0 +1,286 @@
+"""Small dense linear algebra that runs on every backend, inside ``jit``.
+
+DMD on a window of ``h`` snapshots reduces every N-dimensional question to an
+``h x h`` (at most ~32 x 32) matrix problem. Two of those problems are
+non-symmetric: the eigenvalues of the reduced operator and the projector onto
+its stable invariant subspace. LAPACK's ``geev`` behind ``jnp.linalg.eig`` is a
+CPU routine (on GPU JAX runs it as a host/device hybrid, on TPU it does not
+exist), so koopax never calls it. Instead, for these tiny matrices:
+
+* eigenvalues come from a shifted QR algorithm written with ``jnp.linalg.qr``
+  (Householder QR exists on CPU, GPU and TPU), in complex arithmetic so that
+  conjugate pairs need no double-shift bookkeeping;
+* eigenvectors, when asked for (``exact_dmd``), come from inverse iteration
+  with ``jnp.linalg.solve`` at the computed eigenvalues;
+* the spectral projector onto the eigenvalues inside a disk comes from the
+  matrix sign function (Newton iteration with Frobenius scaling), which needs
+  only inverses and is well defined even when the operator is nearly defective
+  (several eigenvalues near 1), where an eigenvector basis is ill-conditioned.
+
+Everything is fixed-shape: a matrix of static size ``m`` carries its active
+part in the leading ``size x size`` block (``size`` may be traced), and the
+inactive rows/columns are zero.
+
+References:
+  Golub & Van Loan, *Matrix Computations*, 4th ed., 2013 (shifted QR, inverse
+  iteration). Higham, *Functions of Matrices*, SIAM 2008, ch. 5 (matrix sign
+  function, Newton iteration, scaling). Gavish & Donoho, `The Optimal Hard
+  Threshold for Singular Values is 4/sqrt(3) <https://arxiv.org/abs/1305.5870>`_,
+  IEEE TIT 2014.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _matmul(a, b):
+    return jnp.matmul(a, b, precision=_HIGHEST)
+
+
+def _complex_dtype(dtype):
+    return jnp.complex128 if jnp.dtype(dtype) == jnp.float64 else jnp.complex64
+
+
+# --------------------------------------------------------------------------
+# Rank selection
+# --------------------------------------------------------------------------
+
+
+def svht_coefficient(beta):
+    """Gavish–Donoho coefficient for unknown noise: ``tau = omega(beta) * median``.
+
+    ``omega(beta) ~ 0.56 beta^3 - 0.95 beta^2 + 1.82 beta + 1.43`` with
+    ``beta = min(n, m) / max(n, m)`` the aspect ratio of the matrix.
+    """
+    return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+
+
+def validate_rank(rank, name: str = "rank"):
+    """Checks a rank policy: ``None``, an int >= 1 or a float in (0, 1)."""
+    if rank is None:
+        return
+    if isinstance(rank, bool):
+        raise ValueError(f"{name} must be None, an int >= 1 or a float in (0, 1); got {rank!r}.")
+    if isinstance(rank, numbers.Integral):
+        if rank < 1:
+            raise ValueError(f"{name} must be >= 1 when an int; got {rank}.")
+        return
+    if isinstance(rank, numbers.Real):
+        if not 0.0 < float(rank) < 1.0:
+            raise ValueError(f"{name} must lie in (0, 1) when a float; got {rank}.")
+        return
+    raise ValueError(f"{name} must be None, an int >= 1 or a float in (0, 1); got {rank!r}.")
+
+
+def rank_mask(singular_values, *, rank, matrix_shape, num_valid=None, rcond=0.0):
+    """Which singular values (sorted descending) a rank policy keeps.
+
+    Args:
+      singular_values: ``(k,)`` non-negative, sorted in descending order.
+      rank: ``None`` for the Gavish–Donoho optimal hard threshold with unknown
+        noise (``sigma_i > omega(beta) * median(sigma)``, at least one kept,
+        as PyDMD does); an int for a fixed rank; a float in (0, 1) for the
+        smallest rank whose cumulative energy ``sum sigma^2`` reaches it.
+      matrix_shape: static ``(rows, cols)`` of the matrix whose singular values
+        these are (for ``beta``).
+      num_valid: number of meaningful entries (the rest are padding); default
+        all.
+      rcond: singular values ``<= rcond * sigma_1`` are dropped in every policy
+        (numerical noise floor).
+
+    Returns:
+      ``(mask, rank)``: a boolean prefix mask of shape ``(k,)`` and its count.
+    """
+    validate_rank(rank)
+    s = jnp.asarray(singular_values)
+    k = s.shape[0]
+    idx = jnp.arange(k)
+    nv = jnp.asarray(k if num_valid is None else num_valid, jnp.int32)
+    valid = idx < nv
+    s = jnp.where(valid, s, 0.0)
+    floor = (s > rcond * s[0]) & (s > 0)
+    if rank is None:
+        rows, cols = matrix_shape
+        beta = min(rows, cols) / max(rows, cols)
+        lo = jnp.take(s, jnp.maximum(nv - 1, 0) // 2)
+        hi = jnp.take(s, nv // 2)
+        tau = svht_coefficient(beta) * 0.5 * (lo + hi)
+        keep = jnp.maximum(jnp.sum((s > tau) & valid), 1)
+    elif isinstance(rank, numbers.Integral):
+        keep = jnp.minimum(rank, nv)
+    else:
+        energy = s**2
+        cumulative = jnp.cumsum(energy) / jnp.maximum(jnp.sum(energy), 1e-30)
+        keep = jnp.searchsorted(cumulative, rank) + 1
+    mask = (idx < keep) & floor & valid
+    # Keep the mask a prefix (floor and validity are monotone in idx).
+    return mask, jnp.sum(mask).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------
+# Eigenvalues and eigenvectors of small non-symmetric matrices
+# --------------------------------------------------------------------------
+
+
+def _leading_block(m, size):
+    idx = jnp.arange(m)
+    return (idx[:, None] < size) & (idx[None, :] < size)
+
+
+def eigvals(a, size=None, *, max_iterations: int = 60):
+    """Eigenvalues of the leading ``size x size`` block of a real square matrix.
+
+    Shifted QR algorithm in complex arithmetic with deflation from the bottom:
+    for ``k = size-1, ..., 1`` iterate ``H - mu I = QR``, ``H <- RQ + mu I`` on
+    the active block ``H[:k+1, :k+1]`` (Wilkinson shift ``mu`` from its
+    trailing 2 x 2 block, an exceptional shift every 11 iterations) until the
+    off-diagonal part of row ``k`` is negligible; then ``H[k, k]`` is an
+    eigenvalue. Cost ``O(size^4)`` at most, negligible for ``size <= 32``.
+
+    Args:
+      a: ``(m, m)`` real matrix.
+      size: active size (int, may be traced); default ``m``.
+      max_iterations: QR iterations allowed per eigenvalue.
+
+    Returns:
+      ``(m,)`` complex eigenvalues, entries ``>= size`` set to 0 (unordered).
+    """
+    a = jnp.asarray(a)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"a must be a square matrix; got shape {a.shape}.")
+    m = a.shape[0]
+    if size is None:
+        size = m
+    size = jnp.asarray(size, jnp.int32)
+    cdt = _complex_dtype(a.dtype)
+    eye = jnp.eye(m, dtype=cdt)
+    idx = jnp.arange(m)
+    h = jnp.where(_leading_block(m, size), a, 0).astype(cdt)
+    eps = jnp.finfo(a.dtype).eps
+    tiny = jnp.finfo(a.dtype).tiny
+    scale = jnp.maximum(jnp.max(jnp.abs(h)), tiny)
+
+    def stage(i, h):
+        k = m - 1 - i
+        active = _leading_block(m, k + 1)
+        row = (idx < k).astype(h.dtype)
+
+        def offdiag(h):
+            return jnp.sqrt(jnp.sum(jnp.abs(h[k] * row) ** 2))
+
+        def not_done(carry):
+            h, it = carry
+            return (it < max_iterations) & (offdiag(h) > 4 * eps * scale)
+
+        def qr_step(carry):
+            h, it = carry
+            p, q, r, s = h[k - 1, k - 1], h[k - 1, k], h[k, k - 1], h[k, k]
+            half_trace = 0.5 * (p + s)
+            disc = jnp.sqrt(0.25 * (p - s) ** 2 + q * r)
+            mu1, mu2 = half_trace + disc, half_trace - disc
+            mu = jnp.where(jnp.abs(mu1 - s) < jnp.abs(mu2 - s), mu1, mu2)
+            exceptional = (it % 11) == 10
+            mu = jnp.where(exceptional, s + 0.75 * offdiag(h), mu)
+            shifted = jnp.where(active, h - mu * eye, eye)
+            qm, rm = jnp.linalg.qr(shifted)
+            h_new = _matmul(rm, qm) + mu * eye
+            return jnp.where(active, h_new, h), it + 1
+
+        def run(h):
+            return jax.lax.while_loop(not_done, qr_step, (h, 0))[0]
+
+        return jax.lax.cond((k >= 1) & (k < size), run, lambda h: h, h)
+
+    h = jax.lax.fori_loop(0, m, stage, h)
+    return jnp.where(idx < size, jnp.diagonal(h), 0)
+
+
+def eig(a, size=None, *, inverse_iterations: int = 4):
+    """Eigenvalues and unit right eigenvectors of the leading block of ``a``.
+
+    Eigenvalues from :func:`eigvals`; each eigenvector from inverse iteration
+    ``x <- (A - (lambda + delta) I)^{-1} x``, normalized, with a tiny shift
+    ``delta = 1e-5 ||A||``. Eigenvalues closer together than ``delta`` share
+    (nearly) the same vector, as for any defective matrix.
+
+    Returns:
+      ``(eigenvalues (m,), eigenvectors (m, m))``; column ``j`` belongs to
+      eigenvalue ``j``; entries of inactive eigenvalues / rows are 0.
+    """
+    a = jnp.asarray(a)
+    m = a.shape[0]
+    if size is None:
+        size = m
+    size = jnp.asarray(size, jnp.int32)
+    values = eigvals(a, size)
+    cdt = values.dtype
+    idx = jnp.arange(m)
+    active_rows = idx < size
+    block = _leading_block(m, size)
+    ac = jnp.where(block, a, 0).astype(cdt)
+    scale = jnp.maximum(jnp.max(jnp.abs(ac)), jnp.finfo(a.dtype).tiny)
+    start = jnp.where(active_rows, 1.0 + 0.37 * jnp.cos(1.7 * idx + 0.3), 0).astype(cdt)
+    start = start + 1j * jnp.where(active_rows, 0.21 * jnp.sin(0.9 * idx), 0)
+
+    def vector(lam):
+        shift = lam + 1e-5 * scale
+        mat = jnp.where(block, ac - shift * jnp.eye(m, dtype=cdt), jnp.eye(m, dtype=cdt))
+
+        def body(_, x):
+            y = jnp.linalg.solve(mat, x)
+            return y / jnp.maximum(jnp.linalg.norm(y), jnp.finfo(a.dtype).tiny)
+
+        return jax.lax.fori_loop(0, inverse_iterations, body, start / jnp.linalg.norm(start))
+
+    vectors = jax.vmap(vector)(values).T
+    vectors = jnp.where(active_rows[None, :] & active_rows[:, None], vectors, 0)
+    return values, vectors
+
+
+# --------------------------------------------------------------------------
+# Spectral projector onto a disk
+# --------------------------------------------------------------------------
+
+
+def disk_projector(a, radius, *, iterations: int = 40):
+    """Spectral projector of ``a`` onto its eigenvalues with ``|lambda| < radius``.
+
+    The Moebius map ``w = (1 - z) / (1 + z)`` sends the unit disk to the right
+    half plane, so with ``B = a / radius`` and ``C = (I + B)^{-1} (I - B)``,
+    ``P = (I + sign(C)) / 2`` projects onto the invariant subspace of the
+    eigenvalues inside the disk, along the others (an oblique projector that
+    commutes with ``a``). ``sign(C)`` is the limit of the scaled Newton
+    iteration ``X <- (g X + (g X)^{-1}) / 2`` with ``g = sqrt(|X^{-1}|_F /
+    |X|_F)``. No eigenvectors are formed, so near-defective ``a`` is fine;
+    eigenvalues on the circle itself (or at ``-radius``, the map's pole) have
+    no defined side and make the result inaccurate or non-finite: callers
+    check finiteness.
+
+    Args:
+      a: ``(m, m)`` real matrix.
+      radius: positive scalar.
+      iterations: Newton iterations (quadratic convergence once scaled).
+
+    Returns:
+      ``(m, m)`` real projector.
+    """
+    a = jnp.asarray(a)
+    m = a.shape[0]
+    eye = jnp.eye(m, dtype=a.dtype)
+    b = a / radius
+    x = jnp.linalg.solve(eye + b, eye - b)
+
+    def newton(_, x):
+        xinv = jnp.linalg.inv(x)
+        g = jnp.sqrt(jnp.linalg.norm(xinv) / jnp.maximum(jnp.linalg.norm(x), 1e-30))
+        g = jnp.where(jnp.isfinite(g) & (g > 0), g, 1.0)
+        return 0.5 * (g * x + xinv / g)
+
+    sign = jax.lax.fori_loop(0, iterations, newton, x)
+    return 0.5 * (eye + sign)

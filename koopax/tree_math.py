@@ -1,0 +1,132 @@
+"""Pytree arithmetic for snapshot matrices that are never concatenated.
+
+A snapshot matrix ``X = [x_0, ..., x_{m-1}]`` in koopax is a sequence of pytrees
+shaped like the parameters (or a pytree whose leaves carry the snapshot index on
+their leading axis). Everything DMD needs from such a matrix is
+
+* the Gram matrix ``X^T Y`` (inner products), a sum of per-leaf products, and
+* linear combinations ``X c`` of its columns,
+
+so no function here flattens or concatenates leaves: every reduction is a sum of
+per-leaf reductions, which works unchanged under any sharding (the compiler
+inserts the all-reduce) and never copies the parameters into one vector.
+
+Inner products are computed in float32 (or the leaves' dtype when wider) with
+``precision=HIGHEST`` so that TPU/GPU matmul units do not round to bf16/tf32.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """The dtype koopax accumulates inner products in: at least float32."""
+    return jnp.promote_types(jnp.dtype(dtype), jnp.float32)
+
+
+def tree_size(tree) -> int:
+    """Total number of scalar entries in ``tree`` (static)."""
+    return int(sum(np.prod(np.shape(x), dtype=np.int64) for x in jax.tree.leaves(tree)))
+
+
+def tree_vdot(a, b) -> jax.Array:
+    """Real inner product ``<a, b>`` of two pytrees with identical structure."""
+    parts = []
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        dt = accumulation_dtype(jnp.result_type(x, y))
+        parts.append(
+            jnp.vdot(x.astype(dt).ravel(), y.astype(dt).ravel(), precision=_HIGHEST)
+        )
+    return sum(parts) if parts else jnp.zeros((), jnp.float32)
+
+
+def tree_inner_products(columns: Sequence, vector) -> jax.Array:
+    """``X^T v`` for a list of pytree columns ``X`` and a pytree ``v``: shape (m,)."""
+    return jnp.stack([tree_vdot(c, vector) for c in columns])
+
+
+def tree_combination(columns: Sequence, coefficients: jax.Array, like):
+    """``X c = sum_i c_i x_i`` as a pytree with the dtypes of ``like``.
+
+    The sum is accumulated in float32 (at least) and cast once at the end.
+    """
+    def combine(ref, *leaves):
+        dt = accumulation_dtype(ref.dtype)
+        acc = jnp.zeros(ref.shape, dt)
+        for i, leaf in enumerate(leaves):
+            acc = acc + coefficients[i].astype(dt) * leaf.astype(dt)
+        return acc.astype(ref.dtype)
+
+    return jax.tree.map(combine, like, *columns)
+
+
+def stacked_gram(stacked) -> jax.Array:
+    """``W^T W`` for a pytree whose leaves carry the snapshot index first.
+
+    Each leaf of shape ``(h, *s)`` contributes ``L L^T`` with ``L`` its
+    ``(h, prod(s))`` reshape; the result is the ``(h, h)`` sum over leaves.
+    """
+    leaves = jax.tree.leaves(stacked)
+    if not leaves:
+        raise ValueError("snapshots: the pytree has no leaves.")
+    h = leaves[0].shape[0]
+    gram = None
+    for leaf in leaves:
+        if leaf.ndim == 0 or leaf.shape[0] != h:
+            raise ValueError(
+                "snapshots: every leaf must carry the same number of snapshots on "
+                f"its leading axis; got shapes {[x.shape for x in leaves]}."
+            )
+        dt = accumulation_dtype(leaf.dtype)
+        mat = leaf.reshape(h, -1).astype(dt)
+        part = jnp.matmul(mat, mat.T, precision=_HIGHEST)
+        gram = part if gram is None else gram + part
+    return gram
+
+
+def stacked_combination(stacked, coefficients: jax.Array):
+    """``sum_i coefficients[i, k] w_i`` for every k: leaves of shape (k, *s).
+
+    ``stacked`` has leaves ``(h, *s)``, ``coefficients`` is ``(h, k)`` (real or
+    complex); the result carries the new index ``k`` first.
+    """
+    def combine(leaf):
+        h = leaf.shape[0]
+        dt = jnp.promote_types(accumulation_dtype(leaf.dtype), coefficients.dtype)
+        mat = leaf.reshape(h, -1).astype(dt)
+        out = jnp.matmul(coefficients.T.astype(dt), mat, precision=_HIGHEST)
+        return out.reshape((coefficients.shape[1],) + leaf.shape[1:])
+
+    return jax.tree.map(combine, stacked)
+
+
+def tree_all_finite(tree) -> jax.Array:
+    """Scalar bool: every entry of every leaf is finite."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.array(True)
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
+
+
+def tree_cast(tree, dtype):
+    """Cast every leaf to ``dtype`` (``None`` keeps the leaves' own dtypes)."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
+def tree_sub(a, b, dtype=None):
+    """``a - b`` leaf-wise, computed in at least float32 and cast to ``dtype``."""
+    def sub(x, y):
+        dt = accumulation_dtype(jnp.result_type(x, y))
+        out = x.astype(dt) - y.astype(dt)
+        return out.astype(dtype or x.dtype)
+
+    return jax.tree.map(sub, a, b)
