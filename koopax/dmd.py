@@ -144,6 +144,16 @@ class DMD(NamedTuple):
     singular_values: jax.Array
 
 
+def sort_eigenvalues(values, valid):
+    """Order: valid first, decreasing modulus, the positive-imaginary member of a
+    conjugate pair first (moduli compared to 6 significant digits so that
+    round-off does not decide the order within a pair)."""
+    mod = jnp.abs(values)
+    key = jnp.round(mod / jnp.maximum(jnp.max(mod), 1e-30) * 1e6)
+    key = jnp.where(valid, -key, jnp.inf)
+    return jnp.lexsort((-jnp.imag(values), key))
+
+
 def _num_snapshots(snapshots) -> int:
     leaves = jax.tree.leaves(snapshots)
     if not leaves:
@@ -190,7 +200,7 @@ def exact_dmd(snapshots, *, rank=None, rcond=None) -> DMD:
     )
     values, vectors = linalg.eig(red.operator, red.rank)
     valid = jnp.arange(k) < red.rank
-    order = jnp.argsort(jnp.where(valid, -jnp.abs(values), jnp.inf))[:cap]
+    order = sort_eigenvalues(values, valid)[:cap]
     values, vectors, valid = values[order], vectors[:, order], valid[order]
 
     # Exact modes Phi = Y (V S^{-1} Q): coefficients on the snapshots w_1..w_{h-1}.

@@ -51,7 +51,8 @@ import jax.numpy as jnp
 import optax
 
 from koopax import linalg, snapshots, tree_math
-from koopax.dmd import reduced_operator
+from koopax.control import maybe_apply
+from koopax.dmd import reduced_operator, sort_eigenvalues
 
 NO_PARAMS_MSG = (
     "koopax.kga needs the current parameters: call "
@@ -153,13 +154,25 @@ def acceleration_operator(gram, *, epsilon, rank, num_features, rcond=None) -> _
     coef = jnp.matmul(jnp.matmul(vs, m_op, precision=_HIGHEST), vs.T, precision=_HIGHEST)
     values = linalg.eigvals(red.operator, red.rank)
     valid = jnp.arange(k) < red.rank
-    values = values[jnp.argsort(jnp.where(valid, -jnp.abs(values), jnp.inf))]
-    valid = jnp.arange(k) < red.rank
+    values = values[sort_eigenvalues(values, valid)]
     num_stable = jnp.sum(valid & (jnp.abs(values) < 1.0 - epsilon)).astype(jnp.int32)
     finite = jnp.all(jnp.isfinite(coef)) & jnp.isfinite(norm) & jnp.all(jnp.isfinite(values))
     return _Operator(
         coef.astype(jnp.float32), norm.astype(jnp.float32), values.astype(jnp.complex64),
         red.rank, num_stable, finite,
+    )
+
+
+def initial_operator_fields(size: int, num_eigenvalues: int) -> dict:
+    """Initial values of the operator and diagnostic fields shared by KGA states."""
+    return dict(
+        coefficients=jnp.zeros((size, size), jnp.float32),
+        operator_norm=jnp.zeros((), jnp.float32),
+        eigenvalues=jnp.zeros((num_eigenvalues,), jnp.complex64),
+        rank=jnp.zeros((), jnp.int32),
+        num_stable=jnp.zeros((), jnp.int32),
+        num_refreshes=jnp.zeros((), jnp.int32),
+        num_nonfinite=jnp.zeros((), jnp.int32),
     )
 
 
@@ -169,22 +182,26 @@ def _gain_scale(alpha, max_gain, norm):
     return jnp.minimum(jnp.asarray(alpha, jnp.float32), cap).astype(jnp.float32)
 
 
-def _accelerate(updates, columns, coefficients, scale, active):
-    """``u + scale * C K C^T u`` (columns ``C``); falls back to ``u`` if non-finite.
+def _accelerate(updates, state, columns_of, scale, active):
+    """``u + scale * C K C^T u`` with ``C, _ = columns_of(state)``, ``K`` the
+    state's coefficients; falls back to ``u`` if the result is non-finite.
 
-    Returns the new updates and a bool that is True when a non-finite result
-    was rejected.
+    Returns the new updates, the state (which travels through the gate so that
+    its buffers are not copied, see :func:`koopax.control.maybe_apply`) and a
+    bool that is True when a non-finite result was rejected.
     """
-    def apply(u):
-        proj = tree_math.tree_inner_products(columns, u)
-        coef = scale * jnp.matmul(coefficients, proj, precision=_HIGHEST)
-        delta = tree_math.tree_combination(columns, coef, like=u)
+    def apply(carry):
+        u, _, st = carry
+        cols, _ = columns_of(st)
+        proj = tree_math.tree_inner_products(cols, u)
+        coef = scale * jnp.matmul(st.coefficients, proj, precision=_HIGHEST)
+        delta = tree_math.tree_combination(cols, coef, like=u)
         out = jax.tree.map(lambda x, d: x + d, u, delta)
         ok = tree_math.tree_all_finite(out)
         out = jax.tree.map(lambda a, b: jnp.where(ok, a, b), out, u)
-        return out, ~ok
+        return out, ~ok, st
 
-    return jax.lax.cond(active, apply, lambda u: (u, jnp.array(False)), updates)
+    return maybe_apply(active, apply, (updates, jnp.array(False), state))
 
 
 def _validate(alpha, num_snapshots, snapshot_every, refresh_every, epsilon, rank,
@@ -239,6 +256,7 @@ def kga(
     snapshot_dtype=None,
     max_gain: jax.typing.ArrayLike = 10.0,
     rcond: float | None = None,
+    mask=None,
 ) -> optax.GradientTransformationExtraArgs:
     """Koopman-based Gradient Acceleration; place it after the base optimizer.
 
@@ -271,6 +289,10 @@ def kga(
       max_gain: bound on the amplification, ``|u'| <= max_gain |u|``.
       rcond: singular values below ``rcond * sigma_1`` of the increment matrix
         are noise (default 1e-3 in float32).
+      mask: ``None`` or a :class:`koopax.masks.Mask` (``masks.kwm``,
+        ``masks.norm``, ``masks.delta``): accelerate only the weights it keeps,
+        on compact vectors of static capacity (:mod:`koopax.masked_kga`; full
+        variant only, the state is a ``MaskedKGAState``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -286,20 +308,19 @@ def kga(
     """
     _validate(alpha, num_snapshots, snapshot_every, refresh_every, epsilon, rank,
               efficient, snapshot_dtype, max_gain, rcond)
+    if mask is not None:
+        if efficient:
+            raise ValueError("mask is not supported with efficient=True; got both.")
+        from koopax.masked_kga import masked_kga  # pylint: disable=import-outside-toplevel
+        return masked_kga(mask, alpha, num_snapshots=num_snapshots,
+                          snapshot_every=snapshot_every, epsilon=epsilon, rank=rank,
+                          snapshot_dtype=snapshot_dtype, max_gain=max_gain, rcond=rcond)
     m = num_snapshots - 1
     k = m - 1
     common = dict(epsilon=epsilon, rank=rank, rcond=rcond)
 
     def initial_diagnostics(size):
-        return dict(
-            coefficients=jnp.zeros((size, size), jnp.float32),
-            operator_norm=jnp.zeros((), jnp.float32),
-            eigenvalues=jnp.zeros((k,), jnp.complex64),
-            rank=jnp.zeros((), jnp.int32),
-            num_stable=jnp.zeros((), jnp.int32),
-            num_refreshes=jnp.zeros((), jnp.int32),
-            num_nonfinite=jnp.zeros((), jnp.int32),
-        )
+        return initial_operator_fields(size, k)
 
     def store_operator(state, op, ready, size_check_coefs):
         """Installs ``op`` if ready and finite; else disables acceleration."""
@@ -336,7 +357,7 @@ def kga(
     basis_size = rank if isinstance(rank, numbers.Integral) else k
 
     def init_efficient(params):
-        zeros = lambda dt: jax.tree.map(lambda p: jnp.zeros(p.shape, dt or p.dtype), params)
+        zeros = lambda dt: jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dt or p.dtype), params)
         return EfficientKGAState(
             count=jnp.zeros((), jnp.int32),
             last=zeros(None),
@@ -420,13 +441,14 @@ def kga(
             raise ValueError(NO_PARAMS_MSG)
         take = (state.count % snapshot_every) == 0
         params_ok = tree_math.tree_all_finite(params)
-        state = jax.lax.cond(take & params_ok, record, lambda s, p: s, state, params)
+        state, _ = maybe_apply(take & params_ok, lambda sp: (record(*sp), sp[1]),
+                               (state, params))
         state = state._replace(
             num_nonfinite=state.num_nonfinite + (take & ~params_ok).astype(jnp.int32))
-        columns, ready = columns_of(state)
+        _, ready = columns_of(state)
         scale = _gain_scale(alpha, max_gain, state.operator_norm)
         active = ready & (scale > 0) & (state.num_stable > 0)
-        updates, rejected = _accelerate(updates, columns, state.coefficients, scale, active)
+        updates, rejected, state = _accelerate(updates, state, columns_of, scale, active)
         return updates, state._replace(
             count=optax.safe_increment(state.count),
             num_nonfinite=state.num_nonfinite + rejected.astype(jnp.int32),

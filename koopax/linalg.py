@@ -209,6 +209,9 @@ def eig(a, size=None, *, inverse_iterations: int = 4):
     ``delta = 1e-5 ||A||``. Eigenvalues closer together than ``delta`` share
     (nearly) the same vector, as for any defective matrix.
 
+    Each vector's phase is fixed so that its largest-modulus component is
+    real and positive (deterministic modes and amplitudes).
+
     Returns:
       ``(eigenvalues (m,), eigenvectors (m, m))``; column ``j`` belongs to
       eigenvalue ``j``; entries of inactive eigenvalues / rows are 0.
@@ -239,6 +242,9 @@ def eig(a, size=None, *, inverse_iterations: int = 4):
         return jax.lax.fori_loop(0, inverse_iterations, body, start / jnp.linalg.norm(start))
 
     vectors = jax.vmap(vector)(values).T
+    # Canonical phase: the largest-modulus component of each vector is real > 0.
+    pivot = jnp.take_along_axis(vectors, jnp.argmax(jnp.abs(vectors), 0)[None], 0)
+    vectors = vectors * (jnp.abs(pivot) / jnp.where(pivot == 0, 1, pivot))
     vectors = jnp.where(active_rows[None, :] & active_rows[:, None], vectors, 0)
     return values, vectors
 

@@ -55,7 +55,7 @@ def init_window(params, size: int, increment_dtype=None) -> IncrementWindow:
         raise ValueError(f"size must be an int >= 1; got {size!r}.")
 
     def zeros(dtype=None):
-        return jax.tree.map(lambda p: jnp.zeros(p.shape, dtype or p.dtype), params)
+        return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype or p.dtype), params)
 
     return IncrementWindow(
         last=zeros(),

@@ -37,13 +37,15 @@ def tree_size(tree) -> int:
 
 
 def tree_vdot(a, b) -> jax.Array:
-    """Real inner product ``<a, b>`` of two pytrees with identical structure."""
+    """Real inner product ``<a, b>`` of two pytrees with identical structure.
+
+    Written as an elementwise product and a full reduction (no reshape), so
+    that it works on arrays with explicit shardings.
+    """
     parts = []
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         dt = accumulation_dtype(jnp.result_type(x, y))
-        parts.append(
-            jnp.vdot(x.astype(dt).ravel(), y.astype(dt).ravel(), precision=_HIGHEST)
-        )
+        parts.append(jnp.sum(x.astype(dt) * y.astype(dt)))
     return sum(parts) if parts else jnp.zeros((), jnp.float32)
 
 
@@ -85,8 +87,9 @@ def stacked_gram(stacked) -> jax.Array:
                 f"its leading axis; got shapes {[x.shape for x in leaves]}."
             )
         dt = accumulation_dtype(leaf.dtype)
-        mat = leaf.reshape(h, -1).astype(dt)
-        part = jnp.matmul(mat, mat.T, precision=_HIGHEST)
+        axes = tuple(range(1, leaf.ndim))
+        part = jnp.tensordot(leaf.astype(dt), leaf.astype(dt), axes=(axes, axes),
+                             precision=_HIGHEST)
         gram = part if gram is None else gram + part
     return gram
 
@@ -98,11 +101,9 @@ def stacked_combination(stacked, coefficients: jax.Array):
     complex); the result carries the new index ``k`` first.
     """
     def combine(leaf):
-        h = leaf.shape[0]
         dt = jnp.promote_types(accumulation_dtype(leaf.dtype), coefficients.dtype)
-        mat = leaf.reshape(h, -1).astype(dt)
-        out = jnp.matmul(coefficients.T.astype(dt), mat, precision=_HIGHEST)
-        return out.reshape((coefficients.shape[1],) + leaf.shape[1:])
+        return jnp.tensordot(coefficients.T.astype(dt), leaf.astype(dt), axes=1,
+                             precision=_HIGHEST)
 
     return jax.tree.map(combine, stacked)
 
@@ -113,20 +114,3 @@ def tree_all_finite(tree) -> jax.Array:
     if not leaves:
         return jnp.array(True)
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
-
-
-def tree_cast(tree, dtype):
-    """Cast every leaf to ``dtype`` (``None`` keeps the leaves' own dtypes)."""
-    if dtype is None:
-        return tree
-    return jax.tree.map(lambda x: x.astype(dtype), tree)
-
-
-def tree_sub(a, b, dtype=None):
-    """``a - b`` leaf-wise, computed in at least float32 and cast to ``dtype``."""
-    def sub(x, y):
-        dt = accumulation_dtype(jnp.result_type(x, y))
-        out = x.astype(dt) - y.astype(dt)
-        return out.astype(dtype or x.dtype)
-
-    return jax.tree.map(sub, a, b)

@@ -1,0 +1,306 @@
+"""Tests for koopax.masks and kga(..., mask=...) (compact-mode KGA)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import koopax
+from koopax import masks
+
+from helpers import assert_trees_close
+
+
+def _tree(rng, shapes=(("b", (7,)), ("w", (3, 5)))):
+    return {k: jnp.asarray(rng.normal(size=s), jnp.float32) for k, s in shapes}
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(tree)])
+
+
+def _inputs(snaps):
+    """MaskInputs from a list of snapshot pytrees (oldest first)."""
+    incs = tuple(jax.tree.map(lambda a, b: b - a, x, y) for x, y in zip(snaps[:-1], snaps[1:]))
+    flat = np.stack([_flat(d) for d in incs]).astype(np.float64)
+    gram = jnp.asarray(flat @ flat.T, jnp.float32)
+    return masks.MaskInputs(snaps[-1], incs, gram)
+
+
+# --------------------------------------------------------------------------
+# Criteria on hand-made trees
+# --------------------------------------------------------------------------
+
+
+def test_norm_mask_matches_numpy():
+    rng = np.random.default_rng(0)
+    params = _tree(rng)
+    out = masks.norm(0.7).exclude(masks.MaskInputs(params, (), jnp.zeros((0, 0))))
+    np.testing.assert_array_equal(_flat(out), np.abs(_flat(params)) < 0.7)
+    assert 0 < _flat(out).sum() < _flat(out).size
+
+
+def test_delta_mask_matches_numpy():
+    rng = np.random.default_rng(1)
+    base = _tree(rng)
+    snaps = [base]
+    for _ in range(4):
+        step = jax.tree.map(
+            lambda x: jnp.asarray(rng.normal(size=x.shape) * 0.1, jnp.float32), base)
+        snaps.append(jax.tree.map(lambda a, b: a + b, snaps[-1], step))
+    inputs = _inputs(snaps)
+    out = masks.delta(0.08, window=2).exclude(inputs)
+    d = np.stack([_flat(x) for x in inputs.increments])
+    expected = np.all(np.abs(d[-2:]) < 0.08, axis=0)
+    np.testing.assert_array_equal(_flat(out), expected)
+    assert 0 < expected.sum() < expected.size
+    with pytest.raises(ValueError, match="window"):
+        masks.delta(0.1, window=5).exclude(inputs)
+
+
+def test_monotone_update():
+    rng = np.random.default_rng(2)
+    params = _tree(rng)
+    mk = masks.norm(0.5)
+    excl = masks.update(mk, masks.init(params), masks.MaskInputs(params, (), None))
+    grown = jax.tree.map(lambda x: x * 10.0, params)  # nothing is small any more
+    excl2 = masks.update(mk, excl, masks.MaskInputs(grown, (), None))
+    np.testing.assert_array_equal(_flat(excl2), _flat(excl))
+
+
+# --------------------------------------------------------------------------
+# Compaction primitives
+# --------------------------------------------------------------------------
+
+
+def test_leaf_capacities_buckets():
+    params = {"a": jnp.zeros((1000,)), "b": jnp.zeros((10,)), "c": jnp.zeros((300,))}
+    # Leaves in flatten order a, b, c.
+    assert masks.leaf_capacities(1.0, params) == (1000, 10, 300)
+    assert masks.leaf_capacities(0.1, params) == (128, 10, 128)
+    assert masks.leaf_capacities(0.3, params) == (384, 10, 128)
+    assert masks.leaf_capacities(5000, params) == (1000, 10, 300)
+    assert masks.leaf_capacities(131, params) == (128, 10, 128)
+
+
+def test_compact_indices_gather_scatter():
+    keep = {"a": jnp.array([True, False, True, True, False, True]),
+            "b": jnp.array([[False, True], [False, False]])}
+    idx, fit, wanted = jax.jit(lambda k: masks.compact_indices(k, (3, 2)))(keep)
+    np.testing.assert_array_equal(idx[0], [0, 2, 3])      # 4th kept weight overflows
+    np.testing.assert_array_equal(idx[1], [1, 4 + 1])     # padding n + j
+    assert int(fit) == 4 and int(wanted) == 5
+    tree = {"a": jnp.arange(6.0), "b": jnp.arange(4.0).reshape(2, 2) + 10}
+    comp = jax.jit(masks.gather)(tree, idx)
+    np.testing.assert_array_equal(comp[0], [0.0, 2.0, 3.0])
+    np.testing.assert_array_equal(comp[1], [11.0, 0.0])
+    out = jax.jit(masks.scatter_add)(tree, idx, (jnp.ones(3), jnp.full(2, 5.0)))
+    np.testing.assert_array_equal(out["a"], [1.0, 1.0, 3.0, 4.0, 4.0, 5.0])
+    np.testing.assert_array_equal(out["b"], [[10.0, 16.0], [12.0, 13.0]])
+    kept = jax.jit(masks.kept)(idx, tree)
+    np.testing.assert_array_equal(kept["a"], [True, False, True, True, False, False])
+    new_keep = (jnp.array([True, False, True]), jnp.array([True, True]))
+    new_idx, taken, count = jax.jit(
+        lambda i, k, c: (lambda r: (r[0], masks.take(c, r[1]), r[2]))(
+            masks.recompact(i, k, (6, 4))))(idx, new_keep, comp)
+    np.testing.assert_array_equal(new_idx[0], [0, 3, 6 + 2])
+    np.testing.assert_array_equal(new_idx[1], [1, 4 + 1])
+    np.testing.assert_array_equal(taken[0], [0.0, 3.0, 0.0])
+    np.testing.assert_array_equal(taken[1], [11.0, 0.0])  # padding slot stays 0
+    assert int(count) == 3
+
+
+# --------------------------------------------------------------------------
+# KWM on a synthetic trajectory
+# --------------------------------------------------------------------------
+
+
+def _kwm_trajectory(num_snapshots, lam=0.8, n=40, seed=3):
+    """Half the weights frozen, half ``w_t = w*_j + a_j lam^t``."""
+    rng = np.random.default_rng(seed)
+    fixed = rng.normal(size=n)
+    amp = np.where(np.arange(n) >= n // 2, rng.uniform(0.5, 1.5, size=n), 0.0)
+    snaps = [{"w": jnp.asarray(fixed + amp * lam**t, jnp.float32)} for t in range(num_snapshots)]
+    return snaps, amp
+
+
+def test_kwm_scores_frozen_vs_moving():
+    h, s, lam = 7, 3, 0.8
+    snaps, amp = _kwm_trajectory(h, lam)
+    inputs = _inputs(snaps)
+    scores, excl = jax.jit(lambda i: (masks.kwm_scores(i, window=s)["w"],
+                                      masks.kwm(1e-3, window=s).exclude(i)["w"]))(inputs)
+    scores = np.asarray(scores)
+    moving = amp > 0
+    assert np.all(scores[~moving] == 0.0)
+    # Score = remaining movement max over the last s snapshots = a_j lam^(h-s).
+    np.testing.assert_allclose(scores[moving], amp[moving] * lam ** (h - s), rtol=2e-3)
+    np.testing.assert_array_equal(np.asarray(excl), ~moving)
+
+
+def _quadratic(shapes=(("b", (32,)), ("w", (32, 16)))):
+    rng = np.random.default_rng(4)
+    params = _tree(rng, shapes)
+    # Curvature 1 on a third of the weights (converge in a few steps), tiny elsewhere.
+    hess = jax.tree.map(
+        lambda p: jnp.asarray(np.where(rng.uniform(size=p.shape) < 0.35, 1.0,
+                                       rng.uniform(0.01, 0.05, size=p.shape)), jnp.float32),
+        params)
+    target = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+
+    def grad(p):
+        return jax.tree.map(lambda x, h, t: h * (x - t), p, hess, target)
+
+    return params, hess, grad
+
+
+def _make_step(tx, grad):
+    @jax.jit
+    def step(p, st):
+        g = grad(p)
+        u, st = tx.update(g, st, p)
+        return optax.apply_updates(p, u), st, g, u
+
+    return step
+
+
+def test_kga_kwm_masks_frozen_weights_and_only_grows():
+    params, hess, grad = _quadratic()
+    mk = masks.kwm(1e-4, window=4, capacity=0.75)
+    tx = optax.chain(optax.sgd(0.9), koopax.kga(0.5, num_snapshots=6, snapshot_every=2, mask=mk))
+    step = _make_step(tx, grad)
+    p, st = params, tx.init(params)
+    kept_hist = []
+    for _ in range(60):
+        p, st, _, _ = step(p, st)
+        s = st[1]
+        if bool(s.compact):
+            kept_hist.append(_flat(koopax.masked_kga.kept_weights(s, p)))
+    assert step._cache_size() == 1
+    assert len(kept_hist) > 10
+    for a, b in zip(kept_hist[:-1], kept_hist[1:]):
+        assert not np.any(b & ~a)  # kept set only shrinks
+    fast = _flat(hess) == 1.0
+    final = kept_hist[-1]
+    assert final[fast].mean() < 0.05      # converged weights are masked
+    assert final[~fast].mean() > 0.9      # slowly moving ones are kept
+    s = st[1]
+    assert int(s.num_kept) == final.sum()
+    np.testing.assert_allclose(float(s.masked_fraction),
+                               1 - (int(s.num_kept) + int(s.num_overflow)) / final.size)
+
+
+# --------------------------------------------------------------------------
+# kga(..., mask=...)
+# --------------------------------------------------------------------------
+
+
+def test_kga_mask_keeping_everything_equals_kga():
+    params, _, grad = _quadratic()
+    plain = optax.chain(optax.sgd(0.9), koopax.kga(0.5, num_snapshots=5, snapshot_every=2))
+    masked = optax.chain(optax.sgd(0.9), koopax.kga(0.5, num_snapshots=5, snapshot_every=2,
+                                                    mask=masks.norm(0.0, capacity=1.0)))
+    out = []
+    for tx in (plain, masked):
+        step = _make_step(tx, grad)
+        p, st = params, tx.init(params)
+        for _ in range(40):
+            p, st, _, _ = step(p, st)
+        out.append((p, st[1]))
+    assert int(out[0][1].num_refreshes) > 5 and int(out[0][1].num_stable) > 0
+    assert bool(out[1][1].compact) and int(out[1][1].num_kept) == 32 * 16 + 32
+    assert int(out[1][1].num_overflow) == 0 and float(out[1][1].masked_fraction) == 0.0
+    assert_trees_close(out[0][0], out[1][0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def norm_run():
+    """One compiled norm-masked KGA update shared by the tests below."""
+    params, _, grad = _quadratic()
+    mk = masks.norm(0.6, capacity=0.5, start=7)
+    tx = optax.chain(optax.sgd(0.9), koopax.kga(0.5, num_snapshots=5, snapshot_every=2, mask=mk))
+    update = jax.jit(tx.update)
+
+    def step(p, st, g=None):
+        g = grad(p) if g is None else g
+        u, st = update(g, st, p)
+        return optax.apply_updates(p, u), st, g, u
+
+    return params, grad, tx, step, update
+
+
+def test_kga_mask_base_update_on_masked_weights_and_no_recompile(norm_run):
+    params, _, tx, step, update = norm_run
+    p, st = params, tx.init(params)
+    saw_full = saw_compact = False
+    for _ in range(40):
+        p_prev = p
+        p, st, g, u = step(p, st)
+        s = st[1]
+        base = _flat(jax.tree.map(lambda x: -0.9 * x, g))
+        if not bool(s.compact):
+            saw_full = True
+            continue
+        saw_compact = True
+        kept = _flat(koopax.masked_kga.kept_weights(s, p_prev))
+        np.testing.assert_array_equal(_flat(u)[~kept], base[~kept])
+    assert saw_full and saw_compact
+    assert update._cache_size() == 1
+    s = st[1]
+    assert 0 < int(s.num_kept) <= 256 + 32
+    assert 0.0 < float(s.masked_fraction) < 1.0 and int(s.num_overflow) >= 0
+    assert (~kept).sum() == _flat(params).size - int(s.num_kept)
+    assert int(s.num_stable) > 0
+    assert not np.allclose(_flat(u)[kept], base[kept])  # kept weights accelerated
+    # Compact window shapes: capacity 0.5 -> 256 slots for w (512), all 32 for b.
+    assert [x.shape for x in s.compact_window.slots] == [(4, 32), (4, 256)]
+
+
+def test_kga_mask_nonfinite_inputs_keep_compact_state_clean(norm_run):
+    params, grad, tx, step, update = norm_run
+    p, st = params, tx.init(params)
+    for _ in range(24):
+        p, st, _, _ = step(p, st)
+    assert bool(st[1].compact) and int(st[1].num_stable) > 0
+    before = int(st[1].num_nonfinite)
+    nan_g = jax.tree.map(lambda x: x.at[0].set(jnp.nan), grad(p))
+    _, st2, _, u = step(p, st, nan_g)  # count 24: a snapshot step
+    s = st2[1]
+    for leaf in jax.tree.leaves((s.compact_window, s.coefficients, s.operator_norm)):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+    assert int(s.num_nonfinite) == before + 1  # the acceleration was rejected
+    np.testing.assert_array_equal(_flat(u), _flat(jax.tree.map(lambda x: -0.9 * x, nan_g)))
+    # A non-finite snapshot is skipped: the compact window is unchanged.
+    nan_p = jax.tree.map(lambda x: x.at[0].set(jnp.nan), p)
+    _, st3 = update(grad(p), st, nan_p)
+    jax.tree.map(np.testing.assert_array_equal, st3[1].compact_window, st[1].compact_window)
+    assert int(st3[1].num_nonfinite) == before + 1
+    assert update._cache_size() == 1
+
+
+# --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda: masks.norm(-1.0), "threshold"),
+    (lambda: masks.norm(float("nan")), "threshold"),
+    (lambda: masks.norm(0.1, capacity=0.0), "capacity"),
+    (lambda: masks.norm(0.1, capacity=1.5), "capacity"),
+    (lambda: masks.norm(0.1, capacity=True), "capacity"),
+    (lambda: masks.norm(0.1, every=0), "every"),
+    (lambda: masks.norm(0.1, start=0), "start"),
+    (lambda: masks.delta(0.1, window=0), "window"),
+    (lambda: masks.kwm(-1e-3), "epsilon"),
+    (lambda: masks.kwm(1e-3, neutral_epsilon=1.5), "neutral_epsilon"),
+    (lambda: masks.kwm(1e-3, rank=0), "rank"),
+    (lambda: koopax.kga(mask=masks.norm(0.1), efficient=True), "mask"),
+    (lambda: koopax.kga(mask="norm"), "mask"),
+    (lambda: koopax.kga(num_snapshots=4, mask=masks.delta(0.1, window=5)), "num_snapshots"),
+    (lambda: masks.leaf_capacities(-2, {"a": jnp.zeros(3)}), "capacity"),
+])
+def test_bad_arguments(make, name):
+    with pytest.raises(ValueError, match=name):
+        make()

@@ -1,0 +1,583 @@
+"""Tests of koopax.prediction and koopax.pdt."""
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from koopax import baselines, prediction, snapshots, tree_math
+
+# koopax.pdt is also the name of the function exported by the package.
+pdt_lib = importlib.import_module("koopax.pdt")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _quadratic(n=3, spectrum=(1.0, 5.0, 12.0), seed=0):
+    rng = np.random.RandomState(seed)
+    q, _ = np.linalg.qr(rng.randn(n, n))
+    h = jnp.asarray(q @ np.diag(spectrum) @ q.T, jnp.float32)
+    b = jnp.asarray([0.3, -0.2, 0.5][:n], jnp.float32)
+
+    def loss(p):
+        w = p["w"].astype(jnp.float32)
+        return 0.5 * w @ h @ w - b @ w
+
+    return loss, h, b
+
+
+def _gd_path(loss, w0, lr, steps):
+    path = [w0]
+    grad = jax.jit(jax.grad(loss))
+    for _ in range(steps):
+        w = path[-1]
+        path.append(jax.tree.map(lambda x, g: x - lr * g, w, grad(w)))
+    return path
+
+
+def _mlp_problem(dtype=jnp.float32, seed=0):
+    rng = np.random.RandomState(seed)
+    x = jnp.asarray(rng.randn(32, 4), jnp.float32)
+    y = jnp.asarray(np.sin(np.asarray(x) @ rng.randn(4, 1)), jnp.float32)
+    params = {
+        "w1": jnp.asarray(rng.randn(4, 8) * 0.5, dtype),
+        "b1": jnp.zeros((8,), dtype),
+        "w2": jnp.asarray(rng.randn(8, 1) * 0.5, dtype),
+    }
+
+    def loss(p):
+        h = jnp.tanh(x @ p["w1"].astype(jnp.float32) + p["b1"].astype(jnp.float32))
+        return jnp.mean((h @ p["w2"].astype(jnp.float32) - y) ** 2)
+
+    return params, loss
+
+
+def _runner(tx, loss, value_fn=None):
+    """A jitted train step; ``value_fn(step, loss)`` may replace the value passed."""
+    @jax.jit
+    def step(params, state, i):
+        value, grads = jax.value_and_grad(loss)(params)
+        v = value if value_fn is None else value_fn(i, value)
+        updates, state = tx.update(grads, state, params, value=v)
+        return optax.apply_updates(params, updates), state, value
+
+    return step
+
+
+_SHARED = {}
+
+
+def _shared_step(dtype=jnp.float32):
+    """One compiled adam + pdt step shared by several tests (compile once).
+
+    ``step(params, state, bump)`` passes ``value = loss + bump``.
+    """
+    if dtype not in _SHARED:
+        _, loss = _mlp_problem(dtype)
+        tx = optax.chain(optax.adam(1e-2), pdt_lib.pdt(
+            3, num_snapshots=4, snapshot_every=2, start=3, criteria="none",
+            tolerance=0.01, max_interval=4))
+
+        @jax.jit
+        def step(params, state, bump):
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, state = tx.update(grads, state, params, value=value + bump)
+            return optax.apply_updates(params, updates), state, updates
+
+        _SHARED[dtype] = tx, step
+    return _SHARED[dtype]
+
+
+def _bits(x):
+    x = np.asarray(x)
+    return x.view({2: np.uint16, 4: np.uint32}[x.dtype.itemsize])
+
+
+def _tree_bits_equal(a, b):
+    return all(np.array_equal(_bits(x), _bits(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+# ---------------------------------------------------------------------------
+# prediction
+# ---------------------------------------------------------------------------
+
+
+@jax.jit
+def _predict_all(window):
+    return [prediction.predicted_displacement(window, t, rank=3, rcond=1e-6) for t in (1, 3, 7)]
+
+
+def _predict_jit(window, tau):
+    return _predict_all(window)[(1, 3, 7).index(tau)]
+
+
+@pytest.mark.parametrize("tau", [1, 3, 7])
+def test_prediction_lands_on_future_iterate_of_affine_recurrence(tau):
+    loss, _, _ = _quadratic()
+    path = _gd_path(loss, {"w": jnp.array([1.0, -2.0, 3.0])}, 0.1, 20)
+    window = snapshots.init_window(path[0], 4)           # 4 increments, 3 pairs >= n
+    for t in range(6):
+        window = snapshots.push(window, path[t])
+    disp, info = _predict_jit(window, tau)
+    assert int(info.rank) == 3 and bool(info.finite)
+    predicted = path[5]["w"] + disp["w"]
+    scale = float(jnp.max(jnp.abs(path[5 + tau]["w"] - path[5]["w"])))
+    # Float32 Gram route: relative error ~1e-5 of the displacement.
+    np.testing.assert_allclose(predicted, path[5 + tau]["w"], atol=1e-4 * scale)
+    # The eigenvalues are those of I - lr H: 0.9, 0.5, -0.2.
+    lam = np.sort(np.real(np.asarray(info.eigenvalues)))
+    np.testing.assert_allclose(lam, [-0.2, 0.5, 0.9], atol=1e-3)
+
+
+def test_prediction_coefficients_match_explicit_dmd():
+    rng = np.random.RandomState(1)
+    d = rng.randn(5, 40)                                  # increments d_0..d_4
+    gram = d @ d.T
+    c = jax.jit(lambda g: prediction.prediction_coefficients(
+        g, 4, num_features=40, rank=4, rcond=1e-7))(jnp.asarray(gram, jnp.float32))
+    x, y = d[:-1].T, d[1:].T
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    a = u.T @ y @ vt.T @ np.diag(1 / s)
+    total = sum(np.linalg.matrix_power(a, j) for j in range(1, 5))
+    expected = u @ total @ u.T @ d[-1]
+    np.testing.assert_allclose(x @ np.asarray(c.coefficients), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_power_sum_with_active_horizon():
+    a = jnp.array([[0.5, 0.1], [0.0, 0.3]])
+    full = prediction.power_sum(a, 5)
+    short = prediction.power_sum(a, 5, active_horizon=jnp.int32(2))
+    np.testing.assert_allclose(full, sum(np.linalg.matrix_power(np.asarray(a), j)
+                                         for j in range(1, 6)), rtol=1e-6)
+    np.testing.assert_allclose(short, np.asarray(a) + np.asarray(a @ a), rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# pdt on a quadratic
+# ---------------------------------------------------------------------------
+
+
+def _quadratic_pdt_run(criteria, steps=12, tau=3):
+    loss, _, _ = _quadratic()
+    w0 = {"w": jnp.array([1.0, -2.0, 3.0])}
+    tx = optax.chain(optax.sgd(0.1), pdt_lib.pdt(
+        tau, num_snapshots=5, snapshot_every=1, start=4, rank=3, rcond=1e-6,
+        criteria=criteria, rollback=False))
+    step = _runner(tx, loss)
+    params, state = w0, tx.init(w0)
+    history = [params]
+    for i in range(steps):
+        params, state, _ = step(params, state, i)
+        history.append(params)
+    return loss, history, state
+
+
+def test_pdt_jump_lands_on_prediction_and_lowers_loss():
+    loss, history, state = _quadratic_pdt_run("none", steps=5)
+    # Step 4 (epoch 4, snapshot_every=1) jumps from w_ref = w_4 three steps ahead.
+    assert int(state[1].num_jumps) == 1
+    truth = _gd_path(loss, {"w": jnp.array([1.0, -2.0, 3.0])}, 0.1, 10)
+    np.testing.assert_allclose(history[5]["w"], truth[7]["w"], atol=2e-5)
+    np.testing.assert_allclose(loss(history[5]), loss(truth[7]), rtol=1e-5, atol=1e-6)
+    assert float(loss(history[5])) < float(loss(truth[5]))   # better than one GD step
+    assert float(state[1].accepted_ratio) == 1.0
+
+
+def test_pdt_mask_mixes_prediction_and_sgd():
+    loss, history, state = _quadratic_pdt_run("both", steps=5)
+    truth = _gd_path(loss, {"w": jnp.array([1.0, -2.0, 3.0])}, 0.1, 10)
+    w_ref, w_sgd, w_pred = truth[4]["w"], truth[5]["w"], truth[7]["w"]
+    d, g = w_pred - w_ref, w_sgd - w_ref
+    mask = (np.sign(d) == np.sign(g)) & (np.abs(g) <= np.abs(d)) & (np.abs(d) <= 4 * np.abs(g))
+    expected = np.where(mask, w_pred, w_sgd)
+    np.testing.assert_allclose(history[5]["w"], expected, atol=2e-5)
+    np.testing.assert_allclose(float(state[1].accepted_ratio), mask.mean(), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Equivalences
+# ---------------------------------------------------------------------------
+
+
+def _train(tx, params, loss, steps, value_fn=None, with_states=False):
+    step = _runner(tx, loss, value_fn)
+    state = tx.init(params)
+    states = []
+    for i in range(steps):
+        params, state, _ = step(params, state, i)
+        states.append(state)
+    return (params, state, states) if with_states else (params, state)
+
+
+def test_rejecting_everything_is_exactly_the_base_optimizer():
+    # Base update and pdt in separately compiled functions, so that the base
+    # arithmetic is the same program in both runs: pdt must pass it unchanged.
+    params, loss = _mlp_problem()
+    base = optax.adam(1e-2)
+    tx = pdt_lib.pdt(3, num_snapshots=4, snapshot_every=3, start=3,
+                     criteria="quantity", quantity_bounds=(1e6, None))
+    grad_fn = jax.jit(jax.value_and_grad(loss))
+    base_step = jax.jit(base.update)
+    pdt_step = jax.jit(lambda u, s, p, v: tx.update(u, s, p, value=v))
+    apply = jax.jit(optax.apply_updates)
+    p_pdt, p_ref = params, params
+    b_pdt, b_ref, s_pdt = base.init(params), base.init(params), tx.init(params)
+    for _ in range(40):
+        v, g = grad_fn(p_pdt)
+        u, b_pdt = base_step(g, b_pdt, p_pdt)
+        u, s_pdt = pdt_step(u, s_pdt, p_pdt, v)
+        p_pdt = apply(p_pdt, u)
+        _, g = grad_fn(p_ref)
+        u, b_ref = base_step(g, b_ref, p_ref)
+        p_ref = apply(p_ref, u)
+    assert _tree_bits_equal(p_pdt, p_ref)
+    # Predictions were made (a DMD rank is recorded) but none was accepted.
+    assert int(s_pdt.rank[0]) > 0 and int(s_pdt.num_jumps) == 0
+    assert float(s_pdt.accepted_ratio) == 0.0
+
+
+def test_accepting_everything_equals_unmasked_dmd_prediction():
+    params, loss = _mlp_problem()
+    base = optax.sgd(0.05, momentum=0.9)
+    kw = dict(num_snapshots=4, snapshot_every=3, interval=2, rank=2)
+    tx_pdt = optax.chain(base, pdt_lib.pdt(3, start=3, criteria="none", rollback=False, **kw))
+    tx_dmd = optax.chain(base, baselines.dmd_prediction(3, start=3, per_leaf=False, **kw))
+    p_pdt, s_pdt = _train(tx_pdt, params, loss, 30)
+    p_dmd, s_dmd = _train(tx_dmd, params, loss, 30)
+    assert int(s_pdt[1].num_jumps) == int(s_dmd[1].num_jumps) == 4
+    assert _tree_bits_equal(p_pdt, p_dmd)
+
+
+# ---------------------------------------------------------------------------
+# Rollback
+# ---------------------------------------------------------------------------
+
+
+def test_restore_updates_is_bit_exact_in_at_most_two_steps():
+    rng = np.random.RandomState(3)
+    p = jnp.asarray(rng.randn(1000) * 10.0 ** rng.uniform(-8, 3, 1000), jnp.float32)
+    s = jnp.asarray(rng.randn(1000) * 10.0 ** rng.uniform(-8, 3, 1000), jnp.float32)
+    p = p.at[0].set(1.0)
+    s = s.at[0].set(1e-8)                       # unreachable in one float32 add
+    u, done = pdt_lib.restore_updates(p, s, jnp.zeros_like(p))
+    assert not bool(done)
+    p1 = optax.apply_updates(p, u)
+    u2, done2 = pdt_lib.restore_updates(p1, s, jnp.zeros_like(p))
+    assert bool(done2)
+    assert np.array_equal(_bits(optax.apply_updates(p1, u2)), _bits(s))
+
+
+def test_jump_that_raises_the_loss_is_rolled_back_bit_for_bit():
+    params, loss = _mlp_problem()
+    tx, step = _shared_step()
+    state = tx.init(params)
+    zero, bump = jnp.float32(0.0), jnp.float32(1.0)
+    # Epochs are 2 steps; the first jump completes at step 7 (epoch 3). Report a
+    # higher loss for the epoch after it, so that its verdict (step 9) is a rollback.
+    for i in range(7):
+        params, state, _ = step(params, state, zero)
+    grads = jax.grad(loss)(params)
+    base_updates, _ = optax.adam(1e-2).update(grads, state[0], params)
+    w_sgd = optax.apply_updates(params, base_updates)
+    params, state, _ = step(params, state, zero)
+    assert int(state[1].num_jumps) == 1 and bool(state[1].pending)
+    # saved is w_sgd (up to the rounding of a differently fused adam outside jit).
+    for a, b in zip(jax.tree.leaves(state[1].saved), jax.tree.leaves(w_sgd)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    saved = state[1].saved
+    for _ in range(2):
+        params, state, _ = step(params, state, bump)
+    assert int(state[1].num_rollbacks) == 1
+    calls = 10
+    while bool(state[1].restoring):
+        params, state, _ = step(params, state, zero)
+        calls += 1
+    assert _tree_bits_equal(params, saved)
+    assert int(state[1].interval) == 2
+    # The window forgot the jumped snapshot (and, being full, its oldest one).
+    assert int(snapshots.num_increments(state[1].windows[0])) == 2
+    # The base optimizer's state was left alone: finite, one count per update call.
+    adam_state = state[0][0]
+    assert int(adam_state.count) == calls
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(adam_state))
+    # Training continues with jumps; the interval stays within its bounds.
+    for _ in range(20):
+        params, state, _ = step(params, state, zero)
+    assert int(state[1].num_jumps) >= 2
+    assert 1 <= int(state[1].interval) <= 4
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+    assert step._cache_size() == 1                  # no recompiles across all of this
+
+
+def test_two_step_restore_inside_training():
+    params, _ = _mlp_problem()
+    tx, step = _shared_step()
+    state = tx.init(params)
+    for _ in range(8):
+        params, state, _ = step(params, state, jnp.float32(0.0))
+    # Make one saved weight unreachable in one float32 add from the current one.
+    saved = jax.tree.map(lambda x: x, state[1].saved)
+    saved["b1"] = saved["b1"].at[0].set(1e-9)
+    params["b1"] = params["b1"].at[0].set(1.0)
+    state = (state[0], state[1]._replace(saved=saved))
+    params, state, _ = step(params, state, jnp.float32(1.0))
+    params, state, _ = step(params, state, jnp.float32(1.0))
+    assert int(state[1].num_rollbacks) == 1 and bool(state[1].restoring)
+    params, state, _ = step(params, state, jnp.float32(0.0))
+    assert not bool(state[1].restoring)
+    assert _tree_bits_equal(params, saved)
+
+
+def test_pop_inverts_push():
+    rng = np.random.RandomState(0)
+    tree = {"a": jnp.asarray(rng.randn(5), jnp.float32)}
+    window = snapshots.init_window(tree, 3)
+    seq = [jax.tree.map(lambda x: x + 0.1 * i * (i + 1), tree) for i in range(5)]
+    for t in seq[:4]:
+        window = snapshots.push(window, t)
+    popped = pdt_lib._pop(snapshots.push(window, seq[4]))
+    np.testing.assert_allclose(popped.last["a"], window.last["a"], atol=1e-6)
+    np.testing.assert_allclose(popped.gram[1:, 1:], window.gram[1:, 1:], rtol=1e-6)
+    assert int(snapshots.num_increments(popped)) == 2
+
+
+def test_without_value_nothing_is_rolled_back():
+    params, loss = _mlp_problem()
+
+    @jax.jit
+    def step(p, s):
+        grads = jax.grad(loss)(p)
+        u, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, u), s
+
+    tx = optax.chain(optax.adam(1e-2), pdt_lib.pdt(3, num_snapshots=4, snapshot_every=3,
+                                                   start=3, criteria="none"))
+    state = tx.init(params)
+    for _ in range(30):
+        params, state = step(params, state)
+    assert int(state[1].num_jumps) == 6 and int(state[1].num_rollbacks) == 0
+    assert not bool(state[1].pending)
+
+
+def test_authors_rule():
+    rule = lambda loss, hist, tau, t: pdt_lib._authors_rule(
+        jnp.float32(loss), jnp.asarray(hist, jnp.float32), jnp.int32(2), jnp.int32(tau),
+        jnp.int32(t), 10)
+    assert tuple(map(int, rule(3.0, [1.0, 2.0], 5, 1))) == (3, 1)     # rose over both
+    assert tuple(map(int, rule(3.0, [1.0, 2.0], 4, 1))) == (3, 2)
+    assert tuple(map(int, rule(3.0, [1.0, 2.0], 3, 1))) == (3, 3)
+    assert tuple(map(int, rule(1.5, [2.0, 1.0], 5, 1))) == (4, 1)     # mild rise
+    assert tuple(map(int, rule(1.5, [2.0, 1.0], 3, 1))) == (3, 2)
+    assert tuple(map(int, rule(0.5, [2.0, 1.0], 5, 1))) == (5, 1)     # fell
+
+
+def test_authors_schedule_runs():
+    params, loss = _mlp_problem()
+    tx = optax.chain(optax.adam(5e-2), pdt_lib.pdt(5, num_snapshots=4, snapshot_every=2,
+                                                   start=3, rollback=False,
+                                                   authors_schedule=True))
+    value_fn = lambda i, v: v + 0.01 * (i % 5)        # a loss that keeps rising now and then
+    _, state = _train(tx, params, loss, 40, value_fn)
+    assert int(state[1].horizon) < 5 or int(state[1].interval) > 1
+
+
+# ---------------------------------------------------------------------------
+# jit, dtypes, non-finite values
+# ---------------------------------------------------------------------------
+
+
+def test_no_recompiles_across_jumps_and_rollbacks():
+    params, _ = _mlp_problem()
+    tx, step = _shared_step()
+    state = tx.init(params)
+    for i in range(30):
+        params, state, _ = step(params, state, jnp.float32(1.0 if i % 7 == 0 else 0.0))
+    assert int(state[1].num_jumps) > 0 and int(state[1].num_rollbacks) > 0
+    assert step._cache_size() == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dtypes_are_kept(dtype):
+    params, _ = _mlp_problem(dtype)
+    tx, step = _shared_step(dtype)
+    state = tx.init(params)
+    for _ in range(16):
+        params, state, updates = step(params, state, jnp.float32(0.0))
+    for p, u, s in zip(jax.tree.leaves(params), jax.tree.leaves(updates),
+                       jax.tree.leaves(state[1].saved)):
+        assert p.dtype == dtype and u.dtype == dtype and s.dtype == dtype
+    assert int(state[1].num_jumps) > 0
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+
+
+def test_nonfinite_prediction_never_reaches_the_weights():
+    params, loss = _mlp_problem()
+    tx, step = _shared_step()
+    state = tx.init(params)
+    for _ in range(7):                        # the first jump completes at step 7
+        params, state, _ = step(params, state, jnp.float32(0.0))
+    windows = state[1].windows
+    poisoned = windows[0]._replace(gram=windows[0].gram.at[0, 0].set(jnp.nan))
+    state = (state[0], state[1]._replace(windows=(poisoned,)))
+    expected, _ = optax.adam(1e-2).update(jax.grad(loss)(params), state[0], params)
+    new_params, state, updates = step(params, state, jnp.float32(0.0))
+    assert int(state[1].num_nonfinite) == 1 and int(state[1].num_jumps) == 0
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new_params))
+    # The base update passed unchanged: a plain adam step from the same state.
+    for a, b in zip(jax.tree.leaves(updates), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)
+
+
+def test_nan_gradient_does_not_reach_weights_through_a_jump():
+    params, loss = _mlp_problem()
+    tx = optax.chain(optax.apply_if_finite(optax.sgd(0.05), 5),
+                     pdt_lib.pdt(3, num_snapshots=4, snapshot_every=2, start=3,
+                                 criteria="none"))
+
+    @jax.jit
+    def step(p, s, i):
+        v, g = jax.value_and_grad(loss)(p)
+        g = jax.tree.map(lambda x: jnp.where(i % 4 == 3, jnp.nan, x), g)  # NaN on jump steps
+        u, s = tx.update(g, s, p, value=v)
+        return optax.apply_updates(p, u), s
+
+    state = tx.init(params)
+    for i in range(24):
+        params, state = step(params, state, i)
+        assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(params))
+    assert int(state[1].num_jumps) > 0
+
+
+# ---------------------------------------------------------------------------
+# Sharding and checkpointing
+# ---------------------------------------------------------------------------
+
+
+_SHARDED_SCRIPT = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import koopax
+    assert len(jax.devices()) == 8
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randn(16, 8), jnp.float32)
+    y = jnp.asarray(rng.randn(16, 1), jnp.float32)
+    params = {"w1": jnp.asarray(rng.randn(8, 16) * 0.3, jnp.float32),
+              "w2": jnp.asarray(rng.randn(16, 1) * 0.3, jnp.float32)}
+    loss = lambda p: jnp.mean((jnp.tanh(x @ p["w1"]) @ p["w2"] - y) ** 2)
+    tx = optax.chain(optax.sgd(0.05), koopax.pdt(3, num_snapshots=4, snapshot_every=2,
+                                              start=3, rank=2))
+
+    @jax.jit
+    def step(p, s):
+        v, g = jax.value_and_grad(loss)(p)
+        u, s = tx.update(g, s, p, value=v)
+        return optax.apply_updates(p, u), s
+
+    def run(p):
+        s = tx.init(p)
+        for _ in range(20):
+            p, s = step(p, s)
+        return p, s
+
+    p_ref, s_ref = run(params)
+    mesh = Mesh(np.array(jax.devices()).reshape(8), ("x",))
+    sharded = {"w1": jax.device_put(params["w1"], NamedSharding(mesh, P(None, "x"))),
+               "w2": jax.device_put(params["w2"], NamedSharding(mesh, P("x", None)))}
+    p_sh, s_sh = run(sharded)
+    assert len(p_sh["w1"].sharding.device_set) == 8
+    assert int(s_ref[1].num_jumps) == int(s_sh[1].num_jumps) > 0
+    for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_sh)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    print("OK")
+""")
+
+
+def test_sharded_equals_unsharded():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "OK" in out.stdout
+
+
+def test_orbax_round_trip_continues_bit_identically(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    params, _ = _mlp_problem()
+    tx, step = _shared_step()
+    state = tx.init(params)
+    bumps = [jnp.float32(1.0 if i % 9 == 0 else 0.0) for i in range(30)]
+    for i in range(13):
+        params, state, _ = step(params, state, bumps[i])
+    assert int(state[1].num_jumps) > 0
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(tmp_path / "state", {"params": params, "opt": state})
+    ckpt.wait_until_finished()
+    target = jax.eval_shape(lambda p: {"params": p, "opt": tx.init(p)}, params)
+    restored = ckpt.restore(tmp_path / "state", target)
+    p2, s2 = restored["params"], restored["opt"]
+    assert jax.tree.structure(s2) == jax.tree.structure(state)
+    for i in range(13, 30):
+        params, state, _ = step(params, state, bumps[i])
+        p2, s2, _ = step(p2, s2, bumps[i])
+    assert int(state[1].num_rollbacks) > 0
+    assert _tree_bits_equal(params, p2)
+    assert _tree_bits_equal(state[1].windows, s2[1].windows)
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(horizon=0), "horizon"),
+    (dict(num_snapshots=2), "num_snapshots"),
+    (dict(snapshot_every=0), "snapshot_every"),
+    (dict(start=-1), "start"),
+    (dict(interval=0), "interval"),
+    (dict(rank=4), "rank"),
+    (dict(rank=1.5), "rank"),
+    (dict(criteria="magic"), "criteria"),
+    (dict(quantity_bounds=(2.0, 1.0)), "quantity_bounds"),
+    (dict(quantity_bounds=(-1.0, None)), "quantity_bounds"),
+    (dict(rollback="yes"), "rollback"),
+    (dict(tolerance=-0.1), "tolerance"),
+    (dict(interval=2, min_interval=3), "min_interval"),
+    (dict(interval=3, max_interval=2), "max_interval"),
+    (dict(authors_schedule=1), "authors_schedule"),
+    (dict(rcond=2.0), "rcond"),
+])
+def test_bad_arguments_raise(kwargs, name):
+    kwargs = dict(dict(snapshot_every=2), **kwargs)
+    with pytest.raises(ValueError, match=name):
+        pdt_lib.pdt(**kwargs)
+
+
+def test_missing_params_raise():
+    tx = pdt_lib.pdt(snapshot_every=2)
+    params = {"w": jnp.zeros(3)}
+    with pytest.raises(ValueError, match="params"):
+        tx.update(params, tx.init(params))
+
+
+def test_prediction_argument_validation():
+    gram = jnp.eye(4)
+    with pytest.raises(ValueError, match="horizon"):
+        prediction.prediction_coefficients(gram, 0, num_features=4)
+    with pytest.raises(ValueError, match="num_features"):
+        prediction.prediction_coefficients(gram, 2, num_features=0)
+    with pytest.raises(ValueError, match="gram"):
+        prediction.prediction_coefficients(jnp.eye(1), 2, num_features=4)
+    with pytest.raises(ValueError, match="rank"):
+        prediction.prediction_coefficients(gram, 2, num_features=4, rank=0)
+    assert tree_math.tree_size(gram) == 16
