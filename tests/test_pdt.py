@@ -130,8 +130,9 @@ def test_prediction_lands_on_future_iterate_of_affine_recurrence(tau):
     assert int(info.rank) == 3 and bool(info.finite)
     predicted = path[5]["w"] + disp["w"]
     scale = float(jnp.max(jnp.abs(path[5 + tau]["w"] - path[5]["w"])))
-    # Float32 Gram route: relative error ~1e-5 of the displacement.
-    np.testing.assert_allclose(predicted, path[5 + tau]["w"], atol=1e-4 * scale)
+    # Float32 Gram route: relative error ~1e-5..1e-4 of the displacement (the
+    # 7-step extrapolation amplifies the Gram round-off by sum |lambda|^j).
+    np.testing.assert_allclose(predicted, path[5 + tau]["w"], atol=2e-4 * scale)
     # The eigenvalues are those of I - lr H: 0.9, 0.5, -0.2.
     lam = np.sort(np.real(np.asarray(info.eigenvalues)))
     np.testing.assert_allclose(lam, [-0.2, 0.5, 0.9], atol=1e-3)
