@@ -322,13 +322,13 @@ def kga(
     def initial_diagnostics(size):
         return initial_operator_fields(size, k)
 
-    def store_operator(state, op, ready, size_check_coefs):
+    def store_operator(state, op, ready, coefficients):
         """Installs ``op`` if ready and finite; else disables acceleration."""
         good = ready & op.finite
         return state._replace(
-            coefficients=jnp.where(good, size_check_coefs, 0.0),
+            coefficients=jnp.where(good, coefficients, 0.0),
             operator_norm=jnp.where(good, op.norm, 0.0),
-            eigenvalues=jnp.where(ready & op.finite, op.eigenvalues, state.eigenvalues),
+            eigenvalues=jnp.where(good, op.eigenvalues, state.eigenvalues),
             rank=jnp.where(good, op.rank, state.rank),
             num_stable=jnp.where(good, op.num_stable, 0),
             num_refreshes=state.num_refreshes + good.astype(jnp.int32),
