@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mlp, cnn1d, fcn, alexnet, resnet50 or vit (examples.models)")
     p.add_argument("--size", default=DEFAULTS["size"], choices=("tiny", "full"),
                    help="model size passed to examples.models.create_model")
+    p.add_argument("--hidden", default=None,
+                        help="MLP hidden sizes, comma list (e.g. 64,64,64,64 for the PDT paper's "
+                             "depth study); default: the model size's own")
     p.add_argument("--dataset", default=DEFAULTS["dataset"],
                    help="digits, mnist1d, quadratic, cifar10, synthetic_images, image_folder")
     p.add_argument("--data-path", default=None,
@@ -186,9 +189,15 @@ def make_model_fn(args, data):
         int(np.prod(np.shape(data.y_train)[1:])) or 1)
     input_shape = tuple(np.shape(data.x_train)[1:])
 
+    overrides = {}
+    if getattr(args, "hidden", None):
+        if args.model != "mlp":
+            raise ValueError(f"hidden applies to --model mlp only; got --model {args.model}.")
+        overrides["hidden_sizes"] = tuple(int(h) for h in args.hidden.split(","))
+
     def make(seed):
         return create_model(args.model, num_classes=num_classes, input_shape=input_shape,
-                            size=args.size, seed=seed)
+                            size=args.size, seed=seed, **overrides)
 
     return make
 

@@ -150,6 +150,26 @@ register_method("kga_efficient", _kga_factory(True),
                 "Efficient-KGA (koopax.kga(efficient=True))")
 
 
+def _kga_kwm_factory(hp, steps_per_epoch):
+    # KWM mask: a weight whose non-neutral-mode movement stays below
+    # ``kwm_epsilon`` over the window is dropped; at most ``kwm_capacity`` of the
+    # weights stay in the compact buffers.
+    mask = koopax.masks.kwm(hp.get("kwm_epsilon", 1e-4), window=hp.get("kwm_window", 3),
+                            capacity=hp.get("kwm_capacity", 0.5))
+    return koopax.kga(
+        hp.get("alpha", 1.0),
+        num_snapshots=hp.get("num_snapshots", 6),
+        snapshot_every=_snapshot_every(hp, steps_per_epoch),
+        epsilon=hp.get("epsilon", 1e-2),
+        max_gain=hp.get("max_gain", 10.0),
+        mask=mask,
+    )
+
+
+register_method("kga_kwm", _kga_kwm_factory,
+                "KGA with the Koopman weight mask (koopax.kga(mask=koopax.masks.kwm(...)))")
+
+
 def _filtered_kwargs(fn, hp, steps_per_epoch, fixed):
     """Keyword arguments of ``fn`` that the hyperparameters provide."""
 
@@ -205,7 +225,7 @@ DIAGNOSTIC_KEYS = {
     "num_refreshes": ("num_refreshes",),
     "num_nonfinite": ("num_nonfinite",),
     # PDT: fraction of the weights whose prediction passed the mask at the last jump.
-    "masked_ratio": ("masked_ratio", "mask_ratio", "accepted_ratio"),
+    "masked_ratio": ("masked_ratio", "mask_ratio", "accepted_ratio", "masked_fraction"),
     "jumps": ("num_jumps",),
     "rollbacks": ("num_rollbacks", "rollbacks", "rollback_count"),
 }

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -174,3 +175,30 @@ def test_unknown_method_is_an_error():
     with pytest.raises(SystemExit):
         compare.parse_args(["--methods", "kga,nope"])
     np.testing.assert_equal(compare.parse_args(["--quick"]).epochs, 1)
+
+
+def test_hidden_flag_sets_mlp_depth_and_rejects_other_models():
+    from flax import nnx
+
+    from examples.datasets import load_digits
+
+    data = load_digits()
+    args = compare.build_parser().parse_args(["--hidden", "8,8,8", "--size", "tiny"])
+    model = compare.make_model_fn(args, data)(0)
+    shapes = [x.shape for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    kernels = sorted(s for s in shapes if len(s) == 2)
+    # 64 -> 8 -> 8 -> 8 -> 10: four dense kernels.
+    assert sorted(kernels) == sorted([(64, 8), (8, 8), (8, 8), (8, 10)])
+    bad = compare.build_parser().parse_args(["--hidden", "8", "--model", "cnn1d"])
+    with pytest.raises(ValueError, match="hidden"):
+        compare.make_model_fn(bad, data)
+
+
+def test_kga_kwm_method_is_registered_and_runs_a_step():
+    import jax.numpy as jnp
+
+    tx = train_lib.build_optimizer("kga_kwm", optax.sgd(0.1), {"num_snapshots": 4}, 5)
+    params = {"w": jnp.ones((4, 3))}
+    state = tx.init(params)
+    updates, state = tx.update(params, state, params, value=jnp.asarray(1.0))
+    assert updates["w"].shape == (4, 3)
