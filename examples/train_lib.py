@@ -131,7 +131,7 @@ def _snapshot_every(hp, steps_per_epoch):
     return steps_per_epoch if every is None else every
 
 
-def _kga_factory(efficient):
+def _kga_factory(**fixed):
     def factory(hp, steps_per_epoch):
         return koopax.kga(
             hp.get("alpha", 1.0),
@@ -139,34 +139,26 @@ def _kga_factory(efficient):
             snapshot_every=_snapshot_every(hp, steps_per_epoch),
             epsilon=hp.get("epsilon", 1e-2),
             max_gain=hp.get("max_gain", 10.0),
-            efficient=efficient,
+            **{k: (v(hp) if callable(v) else v) for k, v in fixed.items()},
         )
     return factory
 
 
-register_method("kga", _kga_factory(False),
+register_method("kga", _kga_factory(),
                 "KGA-Epoch (koopax.kga, a snapshot every epoch by default)")
-register_method("kga_efficient", _kga_factory(True),
+register_method("kga_efficient", _kga_factory(efficient=True),
                 "Efficient-KGA (koopax.kga(efficient=True))")
 
 
-def _kga_kwm_factory(hp, steps_per_epoch):
-    # KWM mask: a weight whose non-neutral-mode movement stays below
-    # ``kwm_epsilon`` over the window is dropped; at most ``kwm_capacity`` of the
-    # weights stay in the compact buffers.
-    mask = koopax.masks.kwm(hp.get("kwm_epsilon", 1e-4), window=hp.get("kwm_window", 3),
+def _kwm_mask(hp):
+    # KWM: a weight whose non-neutral-mode movement stays below ``kwm_epsilon``
+    # over the window is dropped; at most ``kwm_capacity`` of the weights stay in
+    # the compact buffers. Untuned defaults.
+    return koopax.masks.kwm(hp.get("kwm_epsilon", 1e-4), window=hp.get("kwm_window", 3),
                             capacity=hp.get("kwm_capacity", 0.5))
-    return koopax.kga(
-        hp.get("alpha", 1.0),
-        num_snapshots=hp.get("num_snapshots", 6),
-        snapshot_every=_snapshot_every(hp, steps_per_epoch),
-        epsilon=hp.get("epsilon", 1e-2),
-        max_gain=hp.get("max_gain", 10.0),
-        mask=mask,
-    )
 
 
-register_method("kga_kwm", _kga_kwm_factory,
+register_method("kga_kwm", _kga_factory(mask=_kwm_mask),
                 "KGA with the Koopman weight mask (koopax.kga(mask=koopax.masks.kwm(...)))")
 
 

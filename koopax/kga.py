@@ -176,6 +176,24 @@ def initial_operator_fields(size: int, num_eigenvalues: int) -> dict:
     )
 
 
+def install_operator(state, op: _Operator, ready, coefficients):
+    """Puts a refreshed operator into a KGA state if ``ready`` and finite.
+
+    ``coefficients`` is ``op`` expressed in the state's own coordinates. A
+    non-finite refresh disables acceleration (zero operator) and is counted.
+    """
+    good = ready & op.finite
+    return state._replace(
+        coefficients=jnp.where(good, coefficients, 0.0),
+        operator_norm=jnp.where(good, op.norm, 0.0),
+        eigenvalues=jnp.where(good, op.eigenvalues, state.eigenvalues),
+        rank=jnp.where(good, op.rank, state.rank),
+        num_stable=jnp.where(good, op.num_stable, 0),
+        num_refreshes=state.num_refreshes + good.astype(jnp.int32),
+        num_nonfinite=state.num_nonfinite + (ready & ~op.finite).astype(jnp.int32),
+    )
+
+
 def _gain_scale(alpha, max_gain, norm):
     """``s = min(alpha, (max_gain - 1) / |M|)``: keeps ``|I + s M| <= max_gain``."""
     cap = (max_gain - 1.0) / jnp.maximum(norm, 1e-30)
@@ -322,19 +340,6 @@ def kga(
     def initial_diagnostics(size):
         return initial_operator_fields(size, k)
 
-    def store_operator(state, op, ready, coefficients):
-        """Installs ``op`` if ready and finite; else disables acceleration."""
-        good = ready & op.finite
-        return state._replace(
-            coefficients=jnp.where(good, coefficients, 0.0),
-            operator_norm=jnp.where(good, op.norm, 0.0),
-            eigenvalues=jnp.where(good, op.eigenvalues, state.eigenvalues),
-            rank=jnp.where(good, op.rank, state.rank),
-            num_stable=jnp.where(good, op.num_stable, 0),
-            num_refreshes=state.num_refreshes + good.astype(jnp.int32),
-            num_nonfinite=state.num_nonfinite + (ready & ~op.finite).astype(jnp.int32),
-        )
-
     # ---------------------------------------------------------------- full
     def init_full(params):
         return KGAState(
@@ -348,7 +353,7 @@ def kga(
         op = acceleration_operator(
             window.gram, num_features=tree_math.tree_size(params), **common)
         state = state._replace(window=window)
-        return store_operator(state, op, snapshots.is_full(window), op.coefficients)
+        return install_operator(state, op, snapshots.is_full(window), op.coefficients)
 
     def columns_full(state):
         return state.window.increments[:-1], snapshots.is_full(state.window)
@@ -423,7 +428,7 @@ def kga(
         coefs = jnp.matmul(jnp.matmul(z_x.T, op.coefficients, precision=_HIGHEST), z_x,
                            precision=_HIGHEST)
         ready = num_snapshots > m
-        return store_operator(state, op, ready, coefs)
+        return install_operator(state, op, ready, coefs)
 
     def columns_efficient(state):
         return state.basis, state.num_snapshots > m

@@ -54,7 +54,8 @@ import optax
 
 from koopax.control import maybe_apply
 from koopax import masks, tree_math
-from koopax.kga import NO_PARAMS_MSG, _gain_scale, acceleration_operator, initial_operator_fields
+from koopax.kga import (NO_PARAMS_MSG, _gain_scale, acceleration_operator,
+                        initial_operator_fields, install_operator)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -267,18 +268,9 @@ def masked_kga(
 
     def install(state, op, order, ready):
         """Installs ``op`` (chronological ``K``) in slot order if ready and finite."""
-        good = ready & op.finite
         coefs = jnp.zeros((m, m), jnp.float32)
         coefs = coefs.at[order[:-1, None], order[None, :-1]].set(op.coefficients)
-        return state._replace(
-            coefficients=jnp.where(good, coefs, 0.0),
-            operator_norm=jnp.where(good, op.norm, 0.0),
-            eigenvalues=jnp.where(good, op.eigenvalues, state.eigenvalues),
-            rank=jnp.where(good, op.rank, state.rank),
-            num_stable=jnp.where(good, op.num_stable, 0),
-            num_refreshes=state.num_refreshes + good.astype(jnp.int32),
-            num_nonfinite=state.num_nonfinite + (ready & ~op.finite).astype(jnp.int32),
-        )
+        return install_operator(state, op, ready, coefs)
 
     def init_fn(params):
         sizes, caps = statics(params)
