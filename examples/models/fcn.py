@@ -9,15 +9,10 @@ layout, even though a bias before BatchNorm is redundant). The parameter count
 does not depend on the image size. Pooling uses ``'SAME'`` padding, so any image
 size works (a ``1x1`` map stays ``1x1``).
 
-BatchNorm statistics are not parameters:
-  ``nnx.BatchNorm`` keeps its running mean and variance in ``nnx.BatchStat``
-  variables; only its scale and bias are ``nnx.Param``. A Koopman parameter jump
-  (for instance koopax's PDT step applied through ``nnx.Optimizer(..., wrt=
-  nnx.Param)``) moves only the ``nnx.Param`` leaves, so right after an accepted
-  jump the running statistics still describe the *pre-jump* network, and
-  evaluation in inference mode (``model.eval()``) uses stale statistics. Call
-  :func:`examples.models.refresh_batch_stats` with a few training batches after
-  an accepted jump to re-estimate them; it leaves the parameters unchanged.
+BatchNorm statistics are ``nnx.BatchStat``, not parameters: a Koopman parameter
+jump leaves them describing the pre-jump network; see
+:mod:`examples.models.batchnorm` and call
+:func:`examples.models.refresh_batch_stats` after an accepted jump.
 
 Modes: the model is built in training mode (batch statistics are used and the
 running averages are updated on every call). Use ``model.eval()`` /
