@@ -33,6 +33,7 @@ terminal, ``results.json`` with every curve, and PNG plots
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
@@ -80,6 +81,31 @@ DEFAULTS = dict(
 
 
 # -------------------------------------------------------------------------- arguments
+def _override(text):
+    """``[method.]key=value`` -> ``(method or None, key, value)``; value via literal_eval."""
+    key, sep, raw = text.partition("=")
+    method, dot, name = key.strip().rpartition(".")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected [METHOD.]KEY=VALUE, got {text!r}")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()
+    return (method if dot else None), name, value
+
+
+def _factor_list(text):
+    factors = tuple(_positive_float(t) for t in text.split(",") if t.strip())
+    if any(f == 1.0 for f in factors):
+        raise argparse.ArgumentTypeError("factor 1 is the base run itself")
+    return factors
+
+
+def base_lr_name(factor: float) -> str:
+    """Row name of the base optimizer trained at ``factor`` times the learning rate."""
+    return f"base@{factor:g}*lr"
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -143,6 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DMD window (snapshots)")
     p.add_argument("--snapshot-every", type=_positive_int, default=None,
                    help="steps between snapshots (default: steps per epoch, KGA-Epoch)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], type=_override,
+                   metavar="[METHOD.]KEY=VALUE",
+                   help="a method hyperparameter (repeatable), e.g. --set kwm_epsilon=1e-3 or "
+                        "--set pdt.num_snapshots=5 (only for pdt); keys are the factory's "
+                        "(examples.train_lib) or the koopax function's keyword arguments")
+    p.add_argument("--base-lr-factors", type=_factor_list, default=(),
+                   help="comma list of factors f: also train the base optimizer at lr*f "
+                        "(rows 'base@f*lr'), so a method is compared with a better-tuned base")
     p.add_argument("--schedule", default=DEFAULTS["schedule"], choices=train_lib.SCHEDULES)
     p.add_argument("--non-iid", action="store_true", help="class-sorted (non-iid) batches")
     p.add_argument("--output-dir", default=DEFAULTS["output_dir"])
@@ -163,6 +197,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     if len(set(methods)) != len(methods):
         parser.error(f"--methods: duplicates in {methods}")
     args.methods = methods
+    unknown_keys = {k for _, k, _ in args.overrides} - train_lib.hparam_keys()
+    if unknown_keys:
+        parser.error(f"--set: unknown keys {sorted(unknown_keys)}; "
+                     f"known: {sorted(train_lib.hparam_keys())}")
+    scoped = {m for m, _, _ in args.overrides if m is not None}
+    if scoped - set(methods):
+        parser.error(f"--set: methods {sorted(scoped - set(methods))} are not in --methods")
     if args.quick:
         args.epochs, args.seeds, args.size = 1, 1, "tiny"
     return args
@@ -216,21 +257,32 @@ def _finite_or_none(x):
     return x if math.isfinite(x) else None
 
 
+def method_hparams(args, method: str) -> dict[str, Any]:
+    """Hyperparameters handed to ``method``'s factory: the flags, then ``--set`` overrides."""
+    hp = dict(alpha=args.alpha, num_snapshots=args.num_snapshots,
+              snapshot_every=args.snapshot_every)
+    for scope, key, value in getattr(args, "overrides", ()):
+        if scope is None or scope == method:
+            hp[key] = value
+    return hp
+
+
 def run_comparison(args, data, make_model) -> dict[str, Any]:
     """Trains ``base`` and every method over the seeds; returns the raw results."""
     xs0, ys0 = _batches(data, args, 0, 0)
     steps_per_epoch = int(xs0.shape[0])
     total_steps = steps_per_epoch * args.epochs
-    hparams = dict(alpha=args.alpha, num_snapshots=args.num_snapshots,
-                   snapshot_every=args.snapshot_every)
-    names = ["base"] + list(args.methods)
+    base_lrs = {"base": args.lr, **{base_lr_name(f): args.lr * f
+                                    for f in getattr(args, "base_lr_factors", ())}}
+    names = list(base_lrs) + list(args.methods)
     seeds = list(range(args.seeds))
 
     trainers, info = {}, {}
     for name in tqdm(names, desc="compile", leave=False):
-        base = make_base_optimizer(args.optimizer, args.lr, schedule=args.schedule,
-                                   total_steps=total_steps)
-        tx = build_optimizer(name, base, hparams, steps_per_epoch)
+        base = make_base_optimizer(args.optimizer, base_lrs.get(name, args.lr),
+                                   schedule=args.schedule, total_steps=total_steps)
+        tx = build_optimizer("base" if name in base_lrs else name, base,
+                             method_hparams(args, name), steps_per_epoch)
         trainer = Trainer(make_model(seeds[0]), tx, data.task)
         compile_time = trainer.compile(xs0, ys0)
         flops = trainer.step_flops(xs0[0], ys0[0])
@@ -339,6 +391,9 @@ def summarize(results) -> dict[str, dict[str, Any]]:
         summary[name] = s
     base = summary["base"]
     for name, s in summary.items():
+        s["test_acc_diff"] = (None if s["final_test_acc_mean"] is None
+                              or base["final_test_acc_mean"] is None
+                              else s["final_test_acc_mean"] - base["final_test_acc_mean"])
         s["epochs_ratio"] = _ratio(s["epochs_to_target"], base["epochs_to_target"])
         s["time_ratio"] = _ratio(s["time_to_target"], base["time_to_target"])
         s["flops_ratio"] = _ratio(s["flops_to_target"], base["flops_to_target"])

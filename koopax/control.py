@@ -22,3 +22,20 @@ def maybe_apply(pred, fn, operand):
     array captured by the closure and live afterwards is copied into the loop.
     """
     return jax.lax.fori_loop(0, jnp.asarray(pred, jnp.int32), lambda _, x: fn(x), operand)
+
+
+def maybe_record(pred, record, state, params):
+    """``record(state, params) if pred else state``, for snapshot steps.
+
+    ``params`` ride along in the loop carry, tied to the induction variable:
+    XLA hoists loop-invariant work out of a while loop, where it would run on
+    every step (a 0-trip loop included), and everything a snapshot derives
+    from the parameters alone (a finiteness check, a cast) would be invariant.
+    The tie costs one elementwise pass, on snapshot steps only.
+    """
+    def body(i, carry):
+        st, p = carry
+        pinned = jax.tree.map(lambda x: jnp.where(i >= 0, x, jnp.zeros_like(x)), p)
+        return record(st, pinned), p
+
+    return jax.lax.fori_loop(0, jnp.asarray(pred, jnp.int32), body, (state, params))[0]

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from koopax.control import maybe_apply
+from koopax.control import maybe_apply, maybe_record
 from koopax import masks, tree_math
 from koopax.kga import (NO_PARAMS_MSG, _gain_scale, acceleration_operator,
                         initial_operator_fields, install_operator)
@@ -213,12 +213,13 @@ class MaskedKGAState(NamedTuple):
 
 
 def _accelerate_full(carry, coefficients, scale):
-    """``u + scale Z^T K Z u`` over the ring slots; keeps ``u`` if non-finite."""
+    """``u + scale Z^T K Z u`` over the ring slots; keeps ``u`` if the coefficients
+    are non-finite (see :func:`koopax.kga._accelerate` for why that suffices)."""
     u, rejected, slots = carry
     coef = scale * jnp.matmul(coefficients, _slot_products(slots, u), precision=_HIGHEST)
-    out = jax.tree.map(lambda x, d: x + d, u, _slot_combination(slots, coef, like=u))
-    ok = tree_math.tree_all_finite(out)
-    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), out, u), rejected | ~ok, slots
+    ok = jnp.all(jnp.isfinite(coef))
+    delta = _slot_combination(slots, jnp.where(ok, coef, 0.0), like=u)
+    return jax.tree.map(lambda x, d: x + d, u, delta), rejected | ~ok, slots
 
 
 def _accelerate_compact(carry, coefficients, scale):
@@ -226,9 +227,8 @@ def _accelerate_compact(carry, coefficients, scale):
     u, rejected, slots, indices = carry
     uc = masks.gather(u, indices)
     coef = scale * jnp.matmul(coefficients, _slot_products(slots, uc), precision=_HIGHEST)
-    dc = _slot_combination(slots, coef, like=uc)
-    ok = tree_math.tree_all_finite(jax.tree.map(lambda a, b: a + b, uc, dc))
-    dc = jax.tree.map(lambda d: jnp.where(ok, d, jnp.zeros_like(d)), dc)
+    ok = jnp.all(jnp.isfinite(coef))
+    dc = _slot_combination(slots, jnp.where(ok, coef, 0.0), like=uc)
     return masks.scatter_add(u, indices, dc), rejected | ~ok, slots, indices
 
 
@@ -346,7 +346,6 @@ def masked_kga(
             raise ValueError(NO_PARAMS_MSG)
         sizes, caps = statics(params)
         take = (state.count % snapshot_every) == 0
-        params_ok = tree_math.tree_all_finite(params)
 
         def record(state, params):
             was_compact = state.compact
@@ -364,18 +363,13 @@ def masked_kga(
                                        **common)
             return install(state, op, order, _ring_full(ring))
 
-        def record_body(i, carry):
-            # XLA hoists loop-invariant work out of the loop, where it would run
-            # on every step (a 0-trip loop included): tie the parameters to the
-            # induction variable so that nothing derived from them is invariant.
-            state, params = carry
-            pinned = jax.tree.map(lambda x: jnp.where(i >= 0, x, jnp.zeros_like(x)), params)
-            return record(state, pinned), params
+        def record_if_finite(state, params):
+            # Checked on snapshot steps only; a non-finite snapshot is skipped and counted.
+            ok = tree_math.tree_all_finite(params)
+            state, _ = maybe_apply(ok, lambda c: (record(*c), c[1]), (state, params))
+            return state._replace(num_nonfinite=state.num_nonfinite + (~ok).astype(jnp.int32))
 
-        state, _ = jax.lax.fori_loop(
-            0, (take & params_ok).astype(jnp.int32), record_body, (state, params))
-        state = state._replace(
-            num_nonfinite=state.num_nonfinite + (take & ~params_ok).astype(jnp.int32))
+        state = maybe_record(take, record_if_finite, state, params)
         scale = _gain_scale(alpha, max_gain, state.operator_norm)
         usable = (scale > 0) & (state.num_stable > 0)
 

@@ -259,7 +259,7 @@ def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None,
 
 
 def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift=True,
-        capacity=1.0, start=None, every=1) -> Mask:
+        relative=False, capacity=1.0, start=None, every=1) -> Mask:
     """Koopman-based weight masking (KGA paper Eqs. 14-15).
 
     Args:
@@ -271,6 +271,15 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
       rank, rcond: DMD rank policy and noise floor (as :func:`koopax.exact_dmd`).
       drift: also keep weights whose steady (neutral-mode) drift per snapshot
         reaches ``epsilon``.
+      relative: if True, the threshold is ``epsilon * rms(d_m)``, the
+        root-mean-square of the newest increment over the weights being scored,
+        instead of the absolute ``epsilon``: weight ``j`` is dropped when the
+        movement it still has ahead is below ``epsilon`` times a typical
+        weight's movement per snapshot. The absolute threshold of the paper
+        depends on the learning rate and the parameterization (1e-2 keeps most
+        of an MNIST-1D MLP's weights and none of a z=x^2+y^2 MLP's at a small
+        learning rate); the relative one does not. On re-evaluation in compact
+        mode the reference is the rms over the weights still kept.
       capacity, start, every: as in :func:`norm`.
     """
     _check_threshold("epsilon", epsilon)
@@ -280,12 +289,19 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
     linalg.validate_rank(rank)
     if rcond is not None and not 0.0 <= rcond < 1.0:
         raise ValueError(f"rcond must lie in [0, 1); got {rcond}.")
+    if not isinstance(relative, bool):
+        raise ValueError(f"relative must be a bool; got {relative!r}.")
     eps = float(epsilon)
 
     def exclude(inputs):
         scores = kwm_scores(inputs, window=window, neutral_epsilon=neutral_epsilon, rank=rank,
                             rcond=rcond, drift=drift)
-        return jax.tree.map(lambda s: s < eps, scores)
+        threshold = eps
+        if relative:
+            newest = inputs.increments[-1]
+            mean_square = inputs.gram[-1, -1] / tree_math.tree_size(newest)
+            threshold = eps * jnp.sqrt(jnp.asarray(mean_square, jnp.float32))
+        return jax.tree.map(lambda s: s < threshold, scores)
 
     return Mask("kwm", exclude, capacity, max(window, 4), start, every)
 

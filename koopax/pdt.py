@@ -93,7 +93,8 @@ class PDTState(NamedTuple):
       interval: int32, current prediction interval (epochs).
       horizon: int32, current horizon ``tau`` (changes only with
         ``authors_schedule``).
-      loss_sum, loss_count: running sum / count of finite ``value`` this epoch.
+      loss_sum, loss_count: running sum / count of ``value`` this epoch (a
+        non-finite value counts as +inf, so the epoch mean is +inf: a rise).
       pre_jump_loss: float32 mean ``value`` of the epoch that ended in the
         last jump.
       loss_history: ``(2,)`` float32 epoch-mean losses ``L_{t-2}, L_{t-1}``.
@@ -384,9 +385,10 @@ def _predictive(*, horizon, num_snapshots, snapshot_every, start, interval, rank
         loss_sum, loss_count = state.loss_sum, state.loss_count
         if use_value:
             v = jnp.asarray(value, jnp.float32)
-            ok = jnp.isfinite(v)
-            loss_sum = loss_sum + jnp.where(ok, v, 0.0)
-            loss_count = loss_count + ok.astype(jnp.int32)
+            # A NaN/inf loss makes the epoch mean +inf: a jump followed by a
+            # non-finite loss is a rise (rolled back / stops Tano), never ignored.
+            loss_sum = loss_sum + jnp.where(jnp.isfinite(v), v, jnp.inf)
+            loss_count = loss_count + 1
         state = state._replace(windows=windows, snapshot_fresh=fresh, num_nonfinite=nonfinite,
                                loss_sum=loss_sum, loss_count=loss_count)
         w_sgd = optax.apply_updates(params, updates)

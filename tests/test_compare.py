@@ -202,3 +202,38 @@ def test_kga_kwm_method_is_registered_and_runs_a_step():
     state = tx.init(params)
     updates, state = tx.update(params, state, params, value=jnp.asarray(1.0))
     assert updates["w"].shape == (4, 3)
+
+
+def test_set_overrides_reach_the_method_and_are_scoped():
+    args = compare.parse_args(["--methods", "kga,pdt", "--set", "epsilon=0.05",
+                               "--set", "pdt.num_snapshots=5", "--set", "horizon=3"])
+    kga_hp = compare.method_hparams(args, "kga")
+    pdt_hp = compare.method_hparams(args, "pdt")
+    assert kga_hp["epsilon"] == 0.05 and kga_hp["num_snapshots"] == args.num_snapshots
+    assert pdt_hp["num_snapshots"] == 5 and pdt_hp["horizon"] == 3
+    # The override reaches the koopax transformation: 5 snapshots -> 4 increments.
+    tx = train_lib.METHODS["pdt"].factory(pdt_hp, 10)
+    state = tx.init({"w": np.zeros(3, np.float32)})
+    assert len(state.windows[0].increments) == 4
+    assert state.horizon == 3
+
+
+@pytest.mark.parametrize("argv", [["--set", "nope=1"], ["--set", "noequals"],
+                                  ["--methods", "kga", "--set", "pdt.horizon=2"],
+                                  ["--base-lr-factors", "1"], ["--base-lr-factors", "-2"]])
+def test_bad_set_and_factor_arguments_are_errors(argv):
+    with pytest.raises(SystemExit):
+        compare.parse_args(argv)
+
+
+def test_base_lr_factor_rows_train_the_base_at_scaled_lr(tmp_path):
+    results = compare.main(["--quick", "--no-plots", "--methods", "kga",
+                            "--base-lr-factors", "0.5,2", "--output-dir", str(tmp_path)])
+    names = results["names"]
+    assert names[:3] == ["base", compare.base_lr_name(0.5), compare.base_lr_name(2)]
+    # Same seed and batches, different learning rate: different first-epoch loss,
+    # while kga (identical to base before its first snapshot) matches base.
+    loss = {n: results["runs"][n][0]["train_loss"][0] for n in names}
+    assert loss[compare.base_lr_name(2)] != loss["base"]
+    assert loss[compare.base_lr_name(0.5)] != loss["base"]
+    assert results["summary"]["base"]["test_acc_diff"] == 0.0

@@ -139,6 +139,28 @@ def test_kwm_scores_frozen_vs_moving():
     np.testing.assert_array_equal(np.asarray(excl), ~moving)
 
 
+def test_kwm_relative_threshold_is_scale_free():
+    h, s, lam = 7, 3, 0.8
+    snaps, amp = _kwm_trajectory(h, lam)
+    inputs = _inputs(snaps)
+    newest = _flat(inputs.increments[-1])
+    rms = np.sqrt(np.mean(newest.astype(np.float64) ** 2))
+    scores = np.asarray(masks.kwm_scores(inputs, window=s)["w"])
+    # Threshold between two moving weights' scores, expressed relative to rms(d_m).
+    moving = np.sort(scores[amp > 0].ravel())
+    cut = 0.5 * (moving[0] + moving[-1])
+    rel = cut / rms
+    expected = scores < cut
+    for scale in (1.0, 1e-3, 1e3):  # rescaling the trajectory changes nothing
+        scaled = _inputs([jax.tree.map(lambda x: scale * x, p) for p in snaps])
+        out = masks.kwm(rel, window=s, relative=True).exclude(scaled)["w"]
+        np.testing.assert_array_equal(np.asarray(out), expected)
+    absolute = masks.kwm(rel, window=s).exclude(inputs)["w"]
+    assert not np.array_equal(np.asarray(absolute), expected)
+    with pytest.raises(ValueError, match="relative"):
+        masks.kwm(0.1, relative=1)
+
+
 def _quadratic(shapes=(("b", (32,)), ("w", (32, 16)))):
     rng = np.random.default_rng(4)
     params = _tree(rng, shapes)

@@ -1,0 +1,128 @@
+"""Depth study (PDT paper, Fig. 2): unmasked DMD jumps break on deeper MLPs, PDT does not.
+
+Runs the harness on MNIST-1D with SGD (lr 0.5, 30 epochs, 5 seeds) for MLPs of
+2, 4 and 6 hidden layers of 128 units, with ``pdt`` (masked prediction with
+rollback, history 5), ``dogra`` (unmasked per-layer prediction) and ``tano``
+(unmasked prediction with the bootstrap fallback), and plots the median
+training loss per epoch of every method at every depth (one panel per depth;
+non-finite losses are drawn at the top of the axis and marked).
+
+Usage: ``python -m benchmarks.depth [--depths 2,4,6] [--seeds 5] [--quick]``.
+Writes ``<output-dir>/depth_<L>/`` (the harness's results) and
+``<output-dir>/pdt_depth.png`` plus ``pdt_depth.json`` (median curves and
+per-method summaries); default output dir ``benchmarks/results/depth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+if __package__ in (None, ""):  # `python benchmarks/depth.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from examples import compare  # noqa: E402
+
+METHODS = ("pdt", "dogra", "tano")
+WIDTH = 128
+
+
+def _depths(text):
+    try:
+        depths = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of ints, got {text!r}") from None
+    if not depths or any(d < 1 for d in depths):
+        raise argparse.ArgumentTypeError(f"expected depths >= 1, got {text!r}")
+    return depths
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.depth",
+                                description=__doc__.splitlines()[0])
+    p.add_argument("--depths", type=_depths, default=[2, 4, 6])
+    p.add_argument("--seeds", type=compare._positive_int, default=5)
+    p.add_argument("--output-dir", default=os.path.join("benchmarks", "results", "depth"))
+    p.add_argument("--rerun", action="store_true")
+    p.add_argument("--quick", action="store_true")
+    return p
+
+
+def median_curve(runs):
+    """Median over seeds of the per-epoch train loss (non-finite -> inf)."""
+    curves = np.array([[np.inf if v is None else v for v in r["train_loss"]] for r in runs])
+    return np.median(curves, axis=0)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    out = {}
+    for depth in args.depths:
+        run_dir = os.path.join(args.output_dir, f"depth_{depth}")
+        path = os.path.join(run_dir, "results.json")
+        if args.rerun or not os.path.exists(path):
+            compare.main(["--dataset", "mnist1d", "--model", "mlp",
+                          "--hidden", ",".join([str(WIDTH)] * depth), "--seeds", str(args.seeds),
+                          "--methods", ",".join(METHODS), "--set", "pdt.num_snapshots=5",
+                          "--output-dir", run_dir, "--no-plots"]
+                         + (["--quick"] if args.quick else []))
+        with open(path) as f:
+            res = json.load(f)
+        out[depth] = dict(
+            curves={n: median_curve(res["runs"][n]).tolist() for n in res["names"]},
+            summary={n: {k: res["summary"][n].get(k) for k in
+                         ("reached", "num_seeds", "epochs_ratio", "time_ratio",
+                          "final_train_loss", "final_test_acc_mean", "rollbacks",
+                          "masked_ratio")} for n in res["names"]})
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "pdt_depth.json"), "w") as f:
+        json.dump(compare._sanitize(out), f, indent=1, allow_nan=False)
+    plot = save_plot(out, os.path.join(args.output_dir, "pdt_depth.png"))
+    for depth, d in out.items():
+        print(f"\n{depth} hidden layers x {WIDTH}:")
+        for name, s in d["summary"].items():
+            print(f"  {name:6s} reached {s['reached']}/{s['num_seeds']}  epochs x "
+                  f"{compare._fmt(s['epochs_ratio'], '.2f')}  final train "
+                  f"{compare._fmt(s['final_train_loss'], '.3g')}  test acc "
+                  f"{compare._fmt(s['final_test_acc_mean'], '.3f')}  rollbacks "
+                  f"{compare._fmt(s['rollbacks'], '.1f')}")
+    print("wrote", plot)
+    return out
+
+
+def save_plot(out, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(out), figsize=(4.2 * len(out), 3.6), squeeze=False)
+    for ax, (depth, d) in zip(axes[0], out.items()):
+        finite = [v for c in d["curves"].values() for v in c if np.isfinite(v)]
+        top = 10 * max(finite) if finite else 10.0
+        for name, curve in d["curves"].items():
+            c = np.asarray(curve, float)
+            epochs = np.arange(1, len(c) + 1)
+            shown = np.where(np.isfinite(c) & (c < top), c, top)
+            line, = ax.plot(epochs, shown, label=name, lw=1.5,
+                            ls="-" if name in ("base", "pdt") else "--")
+            bad = ~(np.isfinite(c) & (c < top))
+            if bad.any():
+                ax.plot(epochs[bad], shown[bad], "x", color=line.get_color(), ms=4)
+        ax.set_yscale("log")
+        ax.set_title(f"{depth} hidden layers x {WIDTH} (MNIST-1D, SGD)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("median train loss (x: diverged / NaN)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()
