@@ -11,32 +11,22 @@ Prints medians over repeats. Pure JAX (no flax) so it runs with the core install
 """
 
 import argparse
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import koopax
-from koopax import snapshots, tree_math
-from koopax.kga import acceleration_operator
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
-
-def mlp_params(key, sizes):
-    params = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        k = jax.random.fold_in(key, i)
-        params.append({"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)})
-    return params
-
-
-def mlp_loss(params, x, y):
-    h = x
-    for layer in params[:-1]:
-        h = jax.nn.relu(h @ layer["w"] + layer["b"])
-    logits = h @ params[-1]["w"] + params[-1]["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+import koopax  # noqa: E402
+from benchmarks.common import mlp_loss, mlp_params  # noqa: E402
+from koopax import snapshots, tree_math  # noqa: E402
+from koopax.kga import acceleration_operator  # noqa: E402
 
 
 def make_epoch(tx):

@@ -17,36 +17,33 @@ transition to compact mode, as the median over repeats of blocks of steps
 (blocks include snapshot steps, so the cost is amortized). Prints the ratios
 to ``sgd`` and the overhead reduction ``(r_kga - 1) / (r_masked - 1)``.
 
-Usage: ``PYTHONPATH=. python benchmarks/mask_overhead.py [--repeats 15] [--block 20]``
+Usage: ``python benchmarks/mask_overhead.py [--repeats 15] [--block 20]``
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import koopax
-from koopax import masks
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
 
-SHAPES = {"l1": {"w": (784, 1024), "b": (1024,)},
-          "l2": {"w": (1024, 256), "b": (256,)},
-          "l3": {"w": (256, 10), "b": (10,)}}
+import koopax  # noqa: E402
+from benchmarks import common  # noqa: E402
+from koopax import masks  # noqa: E402
+
+SHAPES = common.mlp_shapes(common.MLP_SIZES)
 
 
 def problem(seed=0):
-    rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), SHAPES,
-                          is_leaf=lambda x: isinstance(x, tuple))
-    hess = jax.tree.map(lambda p: jnp.asarray(rng.uniform(0.01, 0.2, size=p.shape), jnp.float32),
-                        params)
-    target = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32),
-                          params)
-    return params, hess, target
+    return common.quadratic_problem(common.MLP_SIZES, seed)
 
 
 def make_step(tx, hess, target):
@@ -74,12 +71,12 @@ def time_it(tx, params, hess, target, warmup, repeats, block):
     return float(np.median(times)), st
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--block", type=int, default=20)
     parser.add_argument("--snapshot-every", type=int, default=10)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     params, hess, target = problem()
     n = koopax.tree_math.tree_size(params)
     theta = float(np.quantile(np.abs(np.concatenate(

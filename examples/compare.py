@@ -553,6 +553,10 @@ def save_plots(results, output_dir, *, task="classification") -> list[str]:
             band(ax, np.arange(1, len(curves[0]) + 1), curves, name)
         ax.set_xlabel("epoch")
         ax.set_ylabel("masked ratio")
+        # The two families report different fractions under one name.
+        ax.set_title("kga masks: fraction of weights excluded from acceleration\n"
+                     "pdt / dogra / tano: fraction whose prediction was accepted (last jump)",
+                     fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()

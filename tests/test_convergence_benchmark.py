@@ -69,3 +69,39 @@ def test_quick_run_writes_json_table_and_plot(tmp_path):
         assert len(json.load(f)["rows"]) == 2
     assert os.path.getsize(tmp_path / "convergence.png") > 0
     assert (tmp_path / "digits_mlp_sgd" / "results.json").exists()
+
+
+def _write(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def test_goals_report_reads_the_suite_json(tmp_path):
+    from benchmarks import goals
+
+    row = dict(task="t", base="sgd", method="kga", time_ratio=0.6, goal_met=True)
+    _write(tmp_path / "convergence" / "convergence.json",
+           dict(rows=[row, dict(row, base="adam", time_ratio=None, goal_met=False),
+                      dict(row, method="pdt", time_ratio=0.9, goal_met=False)]))
+    point = dict(refresh_over_pass=0.2, num_params=1000, num_snapshots=6)
+    _write(tmp_path / "overhead.json", dict(sections=dict(
+        models=dict(base="adam", batch=32, results=[
+            dict(model="mlp", num_params=10, methods=dict(kga=dict(ratio=1.04)))]),
+        params=dict(points=[point, dict(point, refresh_over_pass=3.5)]),
+        masks=dict(ratio_kga=1.5, steps_per_block=100, points=[
+            dict(masked_fraction=0.5, overhead_reduction=1.5, ratio=1.3),
+            dict(masked_fraction=0.91, overhead_reduction=4.0, ratio=1.1)]))))
+    text = goals.main(["--results-dir", str(tmp_path)])
+    lines = text.splitlines()
+    conv = next(line for line in lines if line.startswith("- time to"))
+    assert "**not met** for kga" in conv  # one kga run missed the target
+    assert "  - kga: 1/2 runs; median time ratio 0.60x; target not reached in 1" in lines
+    step = next(line for line in lines if line.startswith("- KGA-Epoch"))
+    assert ": met:" in step and "1.04x" in step
+    refresh = next(line for line in lines if line.startswith("- DMD refresh"))
+    assert "**not met**" in refresh and "3.50x" in refresh
+    mask = next(line for line in lines if "90 %" in line)
+    assert ": met:" in mask and "4.00x at masked fraction 0.910" in mask
+    assert "optimizer-state memory: not measured" in text
+    assert (tmp_path / "goals.md").read_text() == text

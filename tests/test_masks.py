@@ -276,7 +276,14 @@ def test_kga_mask_base_update_on_masked_weights_and_no_recompile(norm_run):
     assert int(s.num_stable) > 0
     assert not np.allclose(_flat(u)[kept], base[kept])  # kept weights accelerated
     # Compact window shapes: capacity 0.5 -> 256 slots for w (512), all 32 for b.
-    assert [x.shape for x in s.compact_window.slots] == [(4, 32), (4, 256)]
+    from koopax.masked_kga import compact_slots
+
+    assert [x.shape for x in compact_slots(s)] == [(4, 32), (4, 256)]
+    # Masking keeps no second m x N buffer: the compact slots live in the full ones.
+    assert s.compact_window.slots is None
+    full_bytes = sum(x.nbytes for x in jax.tree.leaves(s.window.slots))
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(s))
+    assert state_bytes < full_bytes + 2.5 * _flat(params).nbytes
 
 
 def test_kga_mask_nonfinite_inputs_keep_compact_state_clean(norm_run):
@@ -289,14 +296,18 @@ def test_kga_mask_nonfinite_inputs_keep_compact_state_clean(norm_run):
     nan_g = jax.tree.map(lambda x: x.at[0].set(jnp.nan), grad(p))
     _, st2, _, u = step(p, st, nan_g)  # count 24: a snapshot step
     s = st2[1]
-    for leaf in jax.tree.leaves((s.compact_window, s.coefficients, s.operator_norm)):
+    from koopax.masked_kga import compact_slots
+
+    for leaf in jax.tree.leaves((s.compact_window, compact_slots(s), s.coefficients,
+                                 s.operator_norm)):
         assert np.all(np.isfinite(np.asarray(leaf)))
     assert int(s.num_nonfinite) == before + 1  # the acceleration was rejected
     np.testing.assert_array_equal(_flat(u), _flat(jax.tree.map(lambda x: -0.9 * x, nan_g)))
     # A non-finite snapshot is skipped: the compact window is unchanged.
     nan_p = jax.tree.map(lambda x: x.at[0].set(jnp.nan), p)
     _, st3 = update(grad(p), st, nan_p)
-    jax.tree.map(np.testing.assert_array_equal, st3[1].compact_window, st[1].compact_window)
+    jax.tree.map(np.testing.assert_array_equal, (st3[1].compact_window, compact_slots(st3[1])),
+                 (st[1].compact_window, compact_slots(st[1])))
     assert int(st3[1].num_nonfinite) == before + 1
     assert update._cache_size() == 1
 

@@ -1,0 +1,68 @@
+"""The whole benchmark suite in one command: ``python -m benchmarks``.
+
+Runs, in order, :mod:`benchmarks.memory` (state bytes, peak RSS),
+:mod:`benchmarks.overhead` (step-time ratios and their scaling),
+:mod:`benchmarks.depth` (the PDT depth study) and
+:mod:`benchmarks.convergence` (every task x base optimizer x method, 5 seeds,
+with the learning-rate sweep), then :mod:`benchmarks.goals`, which reads their
+JSON files and writes ``goals.md``: where each goal of issue 5 stands.
+
+Everything is written under ``--output-dir`` (default ``benchmarks/results``).
+On 2 CPU cores the full suite takes hours (the convergence part dominates);
+``--only`` picks parts, ``--quick`` is a smoke run of every part (minutes).
+Runs of the convergence and depth parts already on disk are reused (delete
+them, or pass ``--rerun``, to measure again). CPU by default; JAX picks a GPU
+when one is installed and visible.
+
+Usage::
+
+    python -m benchmarks [--only memory,overhead,depth,convergence] [--quick] [--rerun]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+if __package__ in (None, ""):  # pragma: no cover - `python benchmarks/__main__.py`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import convergence, depth, goals, memory, overhead  # noqa: E402
+
+PARTS = ("memory", "overhead", "depth", "convergence")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--only", type=convergence._comma_list(PARTS), default=list(PARTS),
+                   help=f"comma list of parts ({', '.join(PARTS)})")
+    p.add_argument("--output-dir", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--quick", action="store_true", help="smoke run of every part")
+    p.add_argument("--rerun", action="store_true", help="convergence/depth: rerun stored runs")
+    p.add_argument("--no-plots", action="store_true")
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    out = args.output_dir
+    common = (["--quick"] if args.quick else []) + (["--no-plots"] if args.no_plots else [])
+    rerun = ["--rerun"] if args.rerun else []
+    for part in args.only:
+        print(f"\n##### benchmarks.{part}", flush=True)
+        if part == "memory":
+            memory.main(["--output-dir", out] + common)
+        elif part == "overhead":
+            overhead.main(["--output-dir", out] + common)
+        elif part == "depth":
+            depth.main(["--output-dir", os.path.join(out, "depth")] + rerun
+                       + (["--quick", "--seeds", "1"] if args.quick else []))
+        else:
+            convergence.main(["--output-dir", os.path.join(out, "convergence")] + rerun
+                             + common + (["--seeds", "1"] if args.quick else []))
+    print(f"\n##### goals\n{goals.main(['--results-dir', out])}")
+
+
+if __name__ == "__main__":
+    main()

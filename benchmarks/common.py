@@ -1,0 +1,467 @@
+"""Shared helpers of the benchmark scripts: problems, compiled blocks, interleaved timing.
+
+The measuring approach of every script:
+
+* a *block* is ``steps`` training steps compiled as one ``lax.scan`` (one jitted
+  call); koopax methods take one snapshot per block (``snapshot_every = steps``,
+  i.e. KGA-Epoch with a block as the "epoch");
+* every method is compiled, then trained until its snapshot window is full, so the
+  timed blocks include acceleration, DMD refreshes, mask decisions and jumps;
+* repeats are interleaved (one block of every method per repeat) so that machine
+  noise hits every method alike; times are medians over repeats;
+* ratios are always between methods measured side by side in the same run.
+
+Not a script: imported by :mod:`benchmarks.overhead`, :mod:`benchmarks.memory`,
+``benchmarks/kga_overhead.py`` and ``benchmarks/mask_overhead.py``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import koopax
+
+#: The ~1.07M-parameter MLP of ``kga_overhead.py`` (784-1024-256-10).
+MLP_SIZES = (784, 1024, 256, 10)
+#: Default learning rates of the base optimizers.
+BASE_LEARNING_RATES = {"adam": 1e-3, "sgd": 0.05}
+
+
+# ----------------------------------------------------------------------------- problems
+def mlp_params(key, sizes):
+    """A list of ``{"w", "b"}`` layers, ``w ~ N(0, 1 / fan_in)``, ``b = 0``."""
+    params = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        k = jax.random.fold_in(key, i)
+        params.append({"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)})
+    return params
+
+
+def mlp_loss(params, x, y):
+    """Mean softmax cross-entropy of a ReLU MLP."""
+    h = x
+    for layer in params[:-1]:
+        h = jax.nn.relu(h @ layer["w"] + layer["b"])
+    logits = h @ params[-1]["w"] + params[-1]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def mlp_size(sizes) -> int:
+    """Number of parameters (weights and biases) of an MLP with layer widths ``sizes``."""
+    return int(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])))
+
+
+def scaled_mlp_sizes(target: float, sizes=MLP_SIZES) -> tuple:
+    """``sizes`` with every width but the output scaled to about ``target`` parameters."""
+    if not target >= 100:
+        raise ValueError(f"target must be >= 100 parameters; got {target!r}.")
+    scale = math.sqrt(target / mlp_size(sizes))
+    return tuple(max(1, round(s * scale)) for s in sizes[:-1]) + (sizes[-1],)
+
+
+def mlp_shapes(sizes) -> dict:
+    """``{"l1": {"w": (a, b), "b": (b,)}, ...}``: the leaf shapes of an MLP."""
+    return {f"l{i + 1}": {"w": (a, b), "b": (b,)}
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))}
+
+
+def quadratic_problem(sizes=MLP_SIZES, seed=0):
+    """``(params, hess, target)`` of the loss ``1/2 sum h (w - w*)^2`` on MLP-shaped leaves.
+
+    ``w ~ N(0, 1)``, ``h ~ U(0.01, 0.2)``, ``w* = w + N(0, 1)`` (every leaf,
+    biases included). The draws are those of ``mask_overhead.py``.
+    """
+    rng = np.random.default_rng(seed)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32),
+                          mlp_shapes(sizes), is_leaf=lambda x: isinstance(x, tuple))
+    hess = jax.tree.map(lambda p: jnp.asarray(rng.uniform(0.01, 0.2, size=p.shape), jnp.float32),
+                        params)
+    target = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+                          params)
+    return params, hess, target
+
+
+class Task(NamedTuple):
+    """A training problem for :class:`Runner`.
+
+    Attributes:
+      name: identifies the task (runners are shared by task name and method).
+      params: the trainable pytree (the optimizer sees this).
+      rest: non-trainable state threaded through the steps (BatchNorm statistics).
+      consts: fixed arrays passed to every block (not returned, not donated).
+      data: one block of stacked batches (leading axis ``steps``), or ``None``.
+      steps: steps per block.
+      grad_fn: ``grad_fn(params, rest, consts, batch) -> (loss, grads, rest)``.
+    """
+
+    name: str
+    params: Any
+    rest: Any
+    consts: Any
+    data: Any
+    steps: int
+    grad_fn: Callable
+
+
+def _mlp_grad(params, rest, consts, batch):
+    del consts
+    loss, grads = jax.value_and_grad(mlp_loss)(params, *batch)
+    return loss, grads, rest
+
+
+def image_batches(steps, batch, shape, seed=0):
+    """``(xs, ys)``: ``steps`` batches of ``N(0, 1)`` inputs of ``shape`` and 10-class labels."""
+    rng = np.random.default_rng(seed)
+    xs = jnp.asarray(rng.normal(size=(steps, batch) + tuple(shape)), jnp.float32)
+    ys = jnp.asarray(rng.integers(0, 10, size=(steps, batch)), jnp.int32)
+    return xs, ys
+
+
+def mlp_task(sizes=MLP_SIZES, *, batch, steps, seed=0) -> Task:
+    """Cross-entropy training of a ReLU MLP on random inputs and labels."""
+    params = mlp_params(jax.random.key(seed), sizes)
+    data = image_batches(steps, batch, (sizes[0],), seed)
+    name = f"mlp{tuple(sizes)}-batch{batch}-steps{steps}"
+    return Task(name, params, (), (), data, steps, _mlp_grad)
+
+
+def _quadratic_grad(params, rest, consts, batch):
+    # The loss value is not computed: the methods timed on this problem (KGA and
+    # its masked variants) do not read it, and the base step stays one pass.
+    del batch
+    hess, target = consts
+    grads = jax.tree.map(lambda w, h, t: h * (w - t), params, hess, target)
+    return jnp.zeros((), jnp.float32), grads, rest
+
+
+def quadratic_task(sizes=MLP_SIZES, *, steps, seed=0) -> Task:
+    """The diagonal quadratic of :func:`quadratic_problem` (gradient only, no data)."""
+    params, hess, target = quadratic_problem(sizes, seed)
+    name = f"quadratic{tuple(sizes)}-steps{steps}"
+    return Task(name, params, (), (hess, target), None, steps, _quadratic_grad)
+
+
+def flax_task(model_name, *, batch, steps, image_shape=(32, 32, 3), seed=0) -> Task:
+    """Cross-entropy training of a tiny ``examples.models`` zoo model on random images.
+
+    The model is split as in ``examples.train_lib.Trainer``: ``nnx.Param`` s are
+    the parameters, everything else (BatchNorm statistics) is ``rest``.
+    """
+    from flax import nnx
+
+    graph, params, rest = split_flax_model(model_name, image_shape, seed)
+
+    def loss_fn(p, r, x, y):
+        m = nnx.merge(graph, p, r)
+        loss = optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+        _, _, new_rest = nnx.split(m, nnx.Param, ...)
+        return loss, nnx.as_pure(new_rest)
+
+    def grad_fn(p, r, consts, batch_):
+        del consts
+        (loss, r), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, r, *batch_)
+        return loss, grads, r
+
+    data = image_batches(steps, batch, image_shape, seed)
+    name = f"{model_name}-tiny{tuple(image_shape)}-batch{batch}-steps{steps}"
+    return Task(name, params, rest, (), data, steps, grad_fn)
+
+
+def split_flax_model(model_name, image_shape=(32, 32, 3), seed=0, abstract=False):
+    """``(graph, params, rest)`` of a tiny zoo model in train mode, as pure pytrees.
+
+    ``abstract=True``: ``jax.ShapeDtypeStruct`` leaves (``nnx.eval_shape``, no compute).
+    """
+    from flax import nnx
+
+    from examples.models import create_model
+
+    def create():
+        return create_model(model_name, num_classes=10, input_shape=tuple(image_shape),
+                            size="tiny", seed=seed)
+
+    model = nnx.eval_shape(create) if abstract else create()
+    model.train()
+    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    return graph, nnx.as_pure(params), nnx.as_pure(rest)
+
+
+# ----------------------------------------------------------------------------- optimizers
+def base_optimizer(name: str, learning_rate: float | None = None):
+    """``optax.adam`` or ``optax.sgd`` (default learning rate from :data:`BASE_LEARNING_RATES`)."""
+    if name not in BASE_LEARNING_RATES:
+        raise ValueError(f"base must be one of {sorted(BASE_LEARNING_RATES)}; got {name!r}.")
+    lr = BASE_LEARNING_RATES[name] if learning_rate is None else learning_rate
+    return optax.adam(lr) if name == "adam" else optax.sgd(lr)
+
+
+def with_method(base, method=None):
+    """``base`` alone (accepting ``value=``) or ``optax.chain(base, method)``."""
+    if method is None:
+        return optax.with_extra_args_support(base)
+    return optax.chain(base, method)
+
+
+# ----------------------------------------------------------------------------- running
+def make_block(task: Task, tx):
+    """The jitted block ``(params, rest, opt_state, consts, data) -> (params, rest, opt_state)``."""
+    def block(params, rest, opt_state, consts, data):
+        def body(carry, batch):
+            p, r, s = carry
+            loss, grads, r = task.grad_fn(p, r, consts, batch)
+            updates, s = tx.update(grads, s, p, value=loss)
+            return (optax.apply_updates(p, updates), r, s), None
+
+        carry, _ = jax.lax.scan(body, (params, rest, opt_state), data, length=task.steps)
+        return carry
+
+    return jax.jit(block, donate_argnums=(0, 1, 2))
+
+
+class Runner:
+    """A compiled block of one optimizer on one task, and its training carry.
+
+    The runner owns copies of the task's parameters (they are donated to the
+    block). ``compile_s`` is the compile time of the block.
+    """
+
+    def __init__(self, task: Task, tx, name: str = ""):
+        self.task, self.tx, self.name = task, tx, name
+        params = jax.tree.map(jnp.copy, task.params)
+        rest = jax.tree.map(jnp.copy, task.rest)
+        self.carry = (params, rest, tx.init(params))
+        t0 = time.perf_counter()
+        self._block = make_block(task, tx).lower(*self.carry, task.consts, task.data).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.blocks_run = 0
+
+    def run(self) -> float:
+        """Trains one block; returns its wall time per step (seconds)."""
+        t0 = time.perf_counter()
+        out = self._block(*self.carry, self.task.consts, self.task.data)
+        self.carry = jax.block_until_ready(out)
+        self.blocks_run += 1
+        return (time.perf_counter() - t0) / self.task.steps
+
+    def warm_up(self, blocks: int) -> None:
+        """Trains until ``blocks`` blocks have run in all."""
+        while self.blocks_run < blocks:
+            self.run()
+
+    def memory_stats(self) -> dict:
+        """XLA's memory analysis of the compiled block (bytes; empty where unavailable)."""
+        try:
+            stats = self._block.memory_analysis()
+        except (AttributeError, NotImplementedError, RuntimeError):
+            return {}
+        if stats is None:
+            return {}
+        return {k: int(getattr(stats, k)) for k in dir(stats)
+                if k.endswith("_in_bytes") and not k.startswith("host_")}
+
+    @property
+    def params(self):
+        return self.carry[0]
+
+    @property
+    def opt_state(self):
+        return self.carry[2]
+
+    def method_state(self):
+        """The state of the koopax transformation of ``chain(base, method)`` (else None)."""
+        state = self.opt_state
+        if isinstance(state, tuple) and len(state) == 2 and hasattr(state[1], "count"):
+            return state[1]
+        return None
+
+
+class RunnerPool:
+    """Warmed-up runners, shared between benchmark sections by (task name, method name)."""
+
+    def __init__(self):
+        self._runners: dict[tuple[str, str], Runner] = {}
+
+    def get(self, task: Task, name: str, make_tx: Callable[[], Any], warmup_blocks: int) -> Runner:
+        """The runner of method ``name`` on ``task`` (built on first use), warmed up."""
+        key = (task.name, name)
+        if key not in self._runners:
+            self._runners[key] = Runner(task, make_tx(), name)
+        runner = self._runners[key]
+        runner.warm_up(warmup_blocks)
+        return runner
+
+    def drop(self, task_name: str) -> None:
+        """Forgets the runners of ``task_name`` (frees their buffers)."""
+        for key in [k for k in self._runners if k[0] == task_name]:
+            del self._runners[key]
+
+
+def time_interleaved(runners: dict[str, Runner], repeats: int) -> dict[str, list[float]]:
+    """Seconds per step of one block of every runner, ``repeats`` rounds, interleaved."""
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, runner in runners.items():
+            times[name].append(runner.run())
+    return times
+
+
+def median_call(fn, args, repeats: int) -> float:
+    """Median wall time (seconds) of ``fn(*args)`` after one untimed call (compilation)."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def step_stats(times: list[float], base_times: list[float]) -> dict:
+    """Median step time and its ratio to the base (of medians, and median of paired ratios)."""
+    med, base = float(np.median(times)), float(np.median(base_times))
+    paired = float(np.median(np.asarray(times) / np.asarray(base_times)))
+    return {"ms_per_step": 1e3 * med, "ratio": med / base, "ratio_paired": paired,
+            "times_s": [float(t) for t in times]}
+
+
+DIAGNOSTIC_FIELDS = ("num_refreshes", "num_stable", "num_nonfinite", "compact",
+                     "masked_fraction", "num_kept", "num_overflow", "num_jumps",
+                     "num_rollbacks", "stopped", "accepted_ratio")
+
+
+def diagnostics(state) -> dict:
+    """Scalar diagnostics of a koopax state (the fields it has of :data:`DIAGNOSTIC_FIELDS`)."""
+    if state is None:
+        return {}
+    out = {}
+    for field in DIAGNOSTIC_FIELDS:
+        value = getattr(state, field, None)
+        if value is not None and np.ndim(value) == 0:
+            out[field] = np.asarray(value).item()
+    return out
+
+
+# ----------------------------------------------------------------------------- sizes
+def tree_bytes(tree) -> int:
+    """Bytes of the array leaves of ``tree`` (arrays or ``jax.ShapeDtypeStruct`` s)."""
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize
+                   for x in jax.tree.leaves(tree)))
+
+
+def abs_quantile(params, q: float) -> float:
+    """The ``q``-quantile of ``|w|`` over all leaves of ``params``."""
+    values = np.concatenate([np.abs(np.ravel(np.asarray(x))) for x in jax.tree.leaves(params)])
+    return float(np.quantile(values, q))
+
+
+# ----------------------------------------------------------------------------- CLI / output
+def parse_list(text: str, arg: str, convert=str, choices=None) -> list:
+    """A comma list of values; ``ValueError`` naming ``arg`` for a bad or unknown entry."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise ValueError(f"{arg}: expected a comma-separated list; got {text!r}.")
+    values = []
+    for item in items:
+        try:
+            value = convert(item)
+        except (TypeError, ValueError):
+            raise ValueError(f"{arg}: cannot read {item!r}.") from None
+        if choices is not None and value not in choices:
+            raise ValueError(f"{arg}: unknown value {item!r}; choose from {', '.join(choices)}.")
+        values.append(value)
+    return values
+
+
+def apply_defaults(args, defaults: dict, quick: dict) -> None:
+    """Fills the options left at ``None`` from ``quick`` (when ``args.quick``) or ``defaults``."""
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick.get(key, value) if args.quick else value)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict:
+    """Versions, platform and CPU count of this run."""
+    device = jax.devices()[0]
+    try:
+        cpus_available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus_available = None
+    return {
+        "jax": jax.__version__, "jaxlib": _version("jaxlib"), "optax": optax.__version__,
+        "flax": _version("flax"), "koopax": koopax.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "platform": device.platform,
+        "device_kind": device.device_kind, "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(), "cpus_available": cpus_available,
+        "machine": platform.machine(), "system": platform.system(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def jsonable(obj):
+    """``obj`` with numpy/JAX values turned into Python ones and non-finite floats into None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return jsonable(np.asarray(obj).tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str, data: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(jsonable(data), f, indent=2)
+        f.write("\n")
+
+
+def format_table(headers, rows) -> str:
+    """A plain-text table; floats with 3 significant decimals, None as '-'."""
+    def cell(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 1e4 else f"{v:.3g}"
+        return str(v)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

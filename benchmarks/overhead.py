@@ -1,0 +1,473 @@
+"""Step-time overhead of the koopax methods (issue 5), measured side by side in one run.
+
+Sections (``--sections``, default all):
+
+* ``models``: step time of ``chain(base, method)`` / ``base`` (a full training step:
+  forward, backward, optimizer) for the ~1.07M-parameter MLP of ``kga_overhead.py``
+  and the tiny FCN, AlexNet and ResNet (``resnet50`` tiny) of ``examples.models`` on
+  random 32x32x3 images, for kga (h = 6), kga efficient, kga + KWM mask, pdt, dogra
+  and tano.
+* ``params``: the ratio kga / base and the DMD refresh time / one pass over the
+  snapshot buffer vs the number of parameters (1e5 .. 3e7), on a diagonal quadratic
+  loss over MLP-shaped leaves (the gradient is one elementwise pass, so the optimizer
+  dominates the step: an upper bound for real models).
+* ``snapshots``: the same two ratios vs ``num_snapshots`` (4, 8, 16, 32) at ~1e6
+  parameters (same quadratic).
+* ``masks``: step-time ratio of ``kga(mask=norm(theta, capacity=c))``, ``theta`` the
+  q-quantile of ``|w|`` at init, vs unmasked kga, the overhead reduction
+  ``(r_kga - 1) / (r_masked - 1)`` and the masked fraction read from the state
+  (same quadratic, ~1e6 parameters).
+
+A block of ``--steps`` steps is one compiled ``lax.scan``; koopax methods snapshot
+once per block (KGA-Epoch). Every method is warmed up until its window is full
+(``num_snapshots + 1`` blocks), then the methods' blocks are timed interleaved,
+``--repeats`` rounds; step times are medians. Writes ``overhead.json`` (every number,
+plus the environment) and PNG plots to ``--output-dir``. ``--quick`` shrinks every
+section to a smoke run (under about a minute on 2 cores, mostly compilation; its models
+section is a 64-64-10 MLP with kga only: ``--quick --models fcn`` smoke-tests a Flax model).
+
+Usage (from the repository root)::
+
+  python -m benchmarks.overhead [--sections models,params] [--quick] [--no-plots]
+
+(``python benchmarks/overhead.py`` works too.) The full default run takes long on a
+2-core CPU (tiny ResNet steps, 3e7 parameters); select sections or models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import koopax  # noqa: E402
+from benchmarks import common  # noqa: E402
+from koopax import snapshots, tree_math  # noqa: E402
+from koopax.kga import acceleration_operator  # noqa: E402
+
+SECTIONS = ("models", "params", "snapshots", "masks")
+MODELS = ("mlp", "fcn", "alexnet", "resnet50")
+METHODS = ("kga", "kga_bf16", "kga_efficient", "kga_efficient_r2_bf16", "kga_kwm", "pdt",
+           "dogra", "tano")
+PARAM_TARGETS = (1e5, 1e6, 1e7, 3e7)
+#: KGA's goal of issue 5 for the step-time ratio.
+GOAL_RATIO = 1.05
+#: Issue 5's goal for the masks: koopax overhead divided by this at 90 % masked.
+MASK_GOAL_REDUCTION = 3.0
+
+DEFAULTS = dict(models="mlp,fcn,alexnet,resnet50", methods=",".join(METHODS), steps=20,
+                batch=32, repeats=5, max_params=3e7, section_params=1e6,
+                snapshot_counts="4,8,16,32", quantiles="0,0.5,0.75,0.9,0.95")
+QUICK = dict(models="mlp", methods="kga", steps=3, batch=8, repeats=2, max_params=1e6,
+             section_params=1e6, snapshot_counts="4,8", quantiles="0.9")
+QUICK_MLP_SIZES = (64, 64, 10)
+
+
+# ----------------------------------------------------------------------------- methods
+def make_method(name: str, steps: int, num_snapshots: int):
+    """The koopax transformation ``name`` of the models section (snapshot every block)."""
+    kga_kw = dict(num_snapshots=num_snapshots, snapshot_every=steps)
+    if name == "kga":
+        return koopax.kga(1.0, **kga_kw)
+    if name == "kga_efficient":
+        return koopax.kga(1.0, efficient=True, **kga_kw)
+    if name == "kga_bf16":
+        return koopax.kga(1.0, snapshot_dtype=jnp.bfloat16, **kga_kw)
+    if name == "kga_efficient_r2_bf16":
+        return koopax.kga(1.0, efficient=True, rank=2, snapshot_dtype=jnp.bfloat16, **kga_kw)
+    if name == "kga_kwm":
+        # The harness's KWM (examples.train_lib): relative threshold 0.03, capacity 0.5.
+        return koopax.kga(1.0, mask=koopax.masks.kwm(0.03, window=3, relative=True,
+                                                     capacity=0.5), **kga_kw)
+    if name == "pdt":
+        return koopax.pdt(snapshot_every=steps)
+    if name in ("dogra", "tano"):
+        return koopax.dmd_prediction(snapshot_every=steps, mode=name)
+    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}.")
+
+
+def _base_fn(args):
+    """A factory of the base optimizer alone."""
+    return lambda: common.with_method(common.base_optimizer(args.base, args.lr))
+
+
+def _method_fn(args, name):
+    """A factory of ``chain(base, method name)``."""
+    return lambda: common.with_method(common.base_optimizer(args.base, args.lr),
+                                      make_method(name, args.steps, args.num_snapshots))
+
+
+def timed_comparison(pool, task, base_tx_fn, methods: dict, warmup: dict, repeats: int):
+    """Warms up ``base`` and every method on ``task``, times them interleaved.
+
+    ``methods`` maps names to factories of the full transformation; returns
+    ``(base stats, {name: stats with compile time and diagnostics}, runners)``.
+    """
+    runners = {"base": pool.get(task, "base", base_tx_fn, 2)}
+    for name, make_tx in methods.items():
+        runners[name] = pool.get(task, name, make_tx, warmup[name])
+    times = common.time_interleaved(runners, repeats)
+    base = common.step_stats(times["base"], times["base"])
+    base["compile_s"] = runners["base"].compile_s
+    stats = {}
+    for name in methods:
+        stats[name] = common.step_stats(times[name], times["base"])
+        stats[name]["compile_s"] = runners[name].compile_s
+        stats[name]["diagnostics"] = common.diagnostics(runners[name].method_state())
+    return base, stats, runners
+
+
+def window_costs(window, num_features: int, params, repeats: int) -> dict:
+    """DMD refresh, one pass over the increments and a snapshot push, in ms."""
+    refresh = jax.jit(lambda g: acceleration_operator(
+        g, epsilon=1e-2, rank=None, num_features=num_features))
+    one_pass = jax.jit(lambda w: tree_math.tree_inner_products(w.increments, w.last))
+    push = jax.jit(snapshots.push)
+    t_refresh = common.median_call(refresh, (window.gram,), repeats)
+    t_pass = common.median_call(one_pass, (window,), repeats)
+    t_push = common.median_call(push, (window, params), repeats)
+    return {"refresh_ms": 1e3 * t_refresh, "pass_ms": 1e3 * t_pass, "push_ms": 1e3 * t_push,
+            "refresh_over_pass": t_refresh / t_pass, "push_over_pass": t_push / t_pass}
+
+
+# ----------------------------------------------------------------------------- sections
+def section_models(args, pool) -> dict:
+    base_fn = _base_fn(args)
+    results = []
+    for model in args.models:
+        if model == "mlp":
+            sizes = QUICK_MLP_SIZES if args.quick else common.MLP_SIZES
+            task = common.mlp_task(sizes, batch=args.batch, steps=args.steps)
+        else:
+            task = common.flax_task(model, batch=args.batch, steps=args.steps)
+        n = tree_math.tree_size(task.params)
+        print(f"\n[models] {model}: {n:,} parameters, batch {args.batch}, "
+              f"{args.steps} steps/block", flush=True)
+        methods = {name: _method_fn(args, name) for name in args.methods}
+        warmup = {name: args.num_snapshots + 1 for name in methods}
+        base, stats, _ = timed_comparison(pool, task, base_fn, methods, warmup, args.repeats)
+        pool.drop(task.name)
+        rows = [[name, s["ms_per_step"], s["ratio"], s["compile_s"], _brief(s["diagnostics"])]
+                for name, s in stats.items()]
+        print(common.format_table(
+            ["method", "ms/step", f"x {args.base}", "compile s", "diagnostics"],
+            [[args.base, base["ms_per_step"], 1.0, base["compile_s"], ""]] + rows))
+        results.append({"model": model, "task": task.name, "num_params": n,
+                        "base": base, "methods": stats})
+    return {"base": args.base, "batch": args.batch, "steps_per_block": args.steps,
+            "num_snapshots": args.num_snapshots, "image_shape": [32, 32, 3],
+            "results": results}
+
+
+def _brief(diag: dict) -> str:
+    keys = ("num_refreshes", "num_stable", "compact", "masked_fraction", "num_jumps",
+            "num_rollbacks", "stopped", "num_nonfinite")
+    parts = []
+    for k in keys:
+        if k in diag:
+            v = diag[k]
+            parts.append(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}")
+    return " ".join(parts)
+
+
+def _kga_fn(args, num_snapshots, **kw):
+    return lambda: common.with_method(
+        common.base_optimizer(args.base, args.lr),
+        koopax.kga(1.0, num_snapshots=num_snapshots, snapshot_every=args.steps, **kw))
+
+
+def _quadratic(args, pool_tasks: dict, target: float):
+    sizes = common.scaled_mlp_sizes(target)
+    if sizes not in pool_tasks:
+        pool_tasks[sizes] = common.quadratic_task(sizes, steps=args.steps)
+    return pool_tasks[sizes]
+
+
+def _kga_scaling_point(args, pool, task, num_snapshots) -> dict:
+    """Step-time ratio kga(h) / base and the window costs on ``task``."""
+    name = f"kga_h{num_snapshots}"
+    base, stats, runners = timed_comparison(
+        pool, task, _base_fn(args), {name: _kga_fn(args, num_snapshots)},
+        {name: num_snapshots + 1}, args.repeats)
+    runner = runners[name]
+    n = tree_math.tree_size(task.params)
+    costs = window_costs(runner.method_state().window, n, runner.params,
+                         max(args.repeats, 3))
+    return {"num_params": n, "num_snapshots": num_snapshots, "base": base,
+            "kga": stats[name], "ratio": stats[name]["ratio"], **costs}
+
+
+def _print_scaling(points, key):
+    print(common.format_table(
+        [key, "base ms", "kga ms", "ratio", "refresh ms", "pass ms", "refresh/pass",
+         "push/pass"],
+        [[p[key], p["base"]["ms_per_step"], p["kga"]["ms_per_step"], p["ratio"],
+          p["refresh_ms"], p["pass_ms"], p["refresh_over_pass"], p["push_over_pass"]]
+         for p in points]))
+
+
+def section_params(args, pool, tasks) -> dict:
+    targets = [t for t in PARAM_TARGETS if t <= args.max_params]
+    print(f"\n[params] diagonal quadratic over MLP-shaped leaves, kga h={args.num_snapshots}, "
+          f"{args.steps} steps/block; targets {[f'{t:.0e}' for t in targets]}", flush=True)
+    points = []
+    for target in targets:
+        task = _quadratic(args, tasks, target)
+        point = _kga_scaling_point(args, pool, task, args.num_snapshots)
+        points.append({"target": target, "sizes": list(common.scaled_mlp_sizes(target)),
+                       **point})
+        if target != args.section_params:
+            pool.drop(task.name)
+            del tasks[common.scaled_mlp_sizes(target)]
+    _print_scaling(points, "num_params")
+    return {"problem": "diagonal quadratic over MLP-shaped leaves (gradient only)",
+            "base": args.base, "num_snapshots": args.num_snapshots,
+            "steps_per_block": args.steps, "points": points}
+
+
+def section_snapshots(args, pool, tasks) -> dict:
+    task = _quadratic(args, tasks, args.section_params)
+    n = tree_math.tree_size(task.params)
+    print(f"\n[snapshots] diagonal quadratic, {n:,} parameters, h in {args.snapshot_counts}",
+          flush=True)
+    points = []
+    for h in args.snapshot_counts:
+        points.append(_kga_scaling_point(args, pool, task, h))
+    _print_scaling(points, "num_snapshots")
+    return {"problem": "diagonal quadratic over MLP-shaped leaves (gradient only)",
+            "base": args.base, "num_params": n, "steps_per_block": args.steps,
+            "points": points}
+
+
+def mask_capacity(quantile: float) -> float:
+    """A capacity a bit above the kept fraction ``1 - q`` (1.0 for q = 0)."""
+    return min(1.0, round(1.0 - quantile + 0.02, 4))
+
+
+def section_masks(args, pool, tasks) -> dict:
+    task = _quadratic(args, tasks, args.section_params)
+    n = tree_math.tree_size(task.params)
+    h = args.num_snapshots
+    print(f"\n[masks] diagonal quadratic, {n:,} parameters, kga h={h} with "
+          f"masks.norm(q-quantile of |w| at init), q in {args.quantiles}", flush=True)
+    kga = f"kga_h{h}"  # the name shares the runner with the params/snapshots sections
+    methods = {kga: _kga_fn(args, h)}
+    settings = {}
+    for q in args.quantiles:
+        theta, cap = common.abs_quantile(task.params, q), mask_capacity(q)
+        settings[q] = (theta, cap)
+        methods[f"kga_norm_q{q}"] = _kga_fn(args, h, mask=koopax.masks.norm(theta, capacity=cap))
+    warmup = {name: h + 1 for name in methods}
+    base, stats, _ = timed_comparison(pool, task, _base_fn(args), methods, warmup, args.repeats)
+    r_kga = stats[kga]["ratio"]
+    points = []
+    for q, (theta, cap) in settings.items():
+        s = stats[f"kga_norm_q{q}"]
+        diag = s["diagnostics"]
+        excess = s["ratio"] - 1.0
+        points.append({
+            "quantile": q, "threshold": theta, "capacity": cap, "ratio": s["ratio"],
+            "ms_per_step": s["ms_per_step"], "stats": s,
+            "overhead_reduction": (r_kga - 1.0) / excess if excess > 0 else None,
+            "masked_fraction": diag.get("masked_fraction"),
+            "kept_fraction": diag.get("num_kept", 0) / n, "num_overflow": diag.get("num_overflow"),
+            "compact": diag.get("compact")})
+    print(common.format_table(
+        ["q", "capacity", "masked", "kept", "overflow", "ms/step", "ratio", "reduction"],
+        [["kga (none)", None, 0.0, 1.0, None, stats[kga]["ms_per_step"], r_kga, 1.0]]
+        + [[p["quantile"], p["capacity"], p["masked_fraction"], p["kept_fraction"],
+            p["num_overflow"], p["ms_per_step"], p["ratio"], p["overhead_reduction"]]
+           for p in points]))
+    return {"problem": "diagonal quadratic over MLP-shaped leaves (gradient only)",
+            "base": args.base, "num_params": n, "num_snapshots": h,
+            "steps_per_block": args.steps, "base_stats": base, "kga": stats[kga],
+            "ratio_kga": r_kga, "points": points}
+
+
+# ----------------------------------------------------------------------------- plots
+def plot_models(data, path):
+    plt = common.pyplot()
+    results = data["results"]
+    # Models may have been measured with different method lists (merged runs).
+    methods = list(dict.fromkeys(n for r in results for n in r["methods"]))
+    fig, ax = plt.subplots(figsize=(max(6.0, len(results) * (1.0 + 0.4 * len(methods))), 4))
+    width = 0.8 / max(1, len(methods))
+    for j, name in enumerate(methods):
+        xs = np.arange(len(results)) + (j - (len(methods) - 1) / 2) * width
+        ax.bar(xs, [r["methods"].get(name, {}).get("ratio", np.nan) for r in results], width,
+               label=name)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(GOAL_RATIO, color="r", ls="--", lw=0.8, label=f"goal x{GOAL_RATIO}")
+    ax.set_xticks(np.arange(len(results)),
+                  [f"{r['model']}\n{r['num_params']:,}" for r in results])
+    ax.set_ylabel(f"step time / {data['base']}")
+    ax.set_title(f"koopax step-time overhead (batch {data['batch']})")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_scaling(data, key, path, xlabel, logx):
+    plt = common.pyplot()
+    points = data["points"]
+    xs = [p[key] for p in points]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.plot(xs, [p["ratio"] for p in points], "o-")
+    a1.axhline(GOAL_RATIO, color="r", ls="--", lw=0.8, label=f"goal x{GOAL_RATIO}")
+    a1.set_ylabel(f"step time kga / {data['base']}")
+    a2.plot(xs, [p["refresh_over_pass"] for p in points], "o-", label="DMD refresh / one pass")
+    a2.plot(xs, [p["push_over_pass"] for p in points], "s--", label="snapshot push / one pass")
+    a2.set_ylabel("time ratio")
+    a2.set_yscale("log")
+    for ax in (a1, a2):
+        ax.set_xlabel(xlabel)
+        if logx:
+            ax.set_xscale("log")
+        ax.legend(fontsize=8)
+    fig.suptitle(data["problem"], fontsize=9)
+    _save(fig, path)
+
+
+def plot_masks(data, path):
+    plt = common.pyplot()
+    points = data["points"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    points = sorted(points, key=lambda p: p["masked_fraction"])
+    ax.plot([p["masked_fraction"] for p in points], [p["ratio"] - 1.0 for p in points], "o-",
+            label="kga + norm mask")
+    ax.plot([0.0], [data["ratio_kga"] - 1.0], "r*", ms=12, label="kga, no mask")
+    for p in points:
+        ax.annotate(f"q={p['quantile']}", (p["masked_fraction"], p["ratio"] - 1.0), fontsize=7)
+    ax.axhline((data["ratio_kga"] - 1.0) / MASK_GOAL_REDUCTION, color="r", ls="--", lw=0.8,
+               label=f"goal: kga's overhead / {MASK_GOAL_REDUCTION:g} at 90 % masked")
+    ax.set_xlabel("masked fraction (from the state)")
+    ax.set_ylabel(f"overhead: step time / {data['base']} - 1")
+    ax.set_title(f"masked KGA, {data['num_params']:,} parameters")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    common.pyplot().close(fig)
+    print(f"wrote {path}")
+
+
+# ----------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help=f"comma list of {', '.join(SECTIONS)} (default all)")
+    ap.add_argument("--models", help=f"models section: comma list of {', '.join(MODELS)}")
+    ap.add_argument("--methods", help=f"models section: comma list of {', '.join(METHODS)}")
+    ap.add_argument("--base", default="adam", choices=sorted(common.BASE_LEARNING_RATES),
+                    help="base optimizer (default adam)")
+    ap.add_argument("--lr", type=float, help="base learning rate (adam 1e-3, sgd 0.05)")
+    ap.add_argument("--steps", type=int, help="steps per timed block = snapshot_every (20)")
+    ap.add_argument("--batch", type=int, help="models section batch size (32)")
+    ap.add_argument("--repeats", type=int, help="interleaved timed blocks per method (5)")
+    ap.add_argument("--num-snapshots", type=int, default=6, help="KGA's h (default 6)")
+    ap.add_argument("--max-params", type=float, help="params section: largest size (3e7)")
+    ap.add_argument("--section-params", type=float,
+                    help="snapshots/masks sections: parameter count (1e6)")
+    ap.add_argument("--snapshot-counts", help="snapshots section: h values (4,8,16,32)")
+    ap.add_argument("--quantiles", help="masks section: |w| quantiles (0,0.5,0.75,0.9,0.95)")
+    ap.add_argument("--output-dir", default=os.path.join("benchmarks", "results"))
+    ap.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: tiny sizes, few steps and repeats")
+    return ap
+
+
+def parse_args(argv=None):
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    common.apply_defaults(args, DEFAULTS, QUICK)
+    try:
+        args.sections = common.parse_list(args.sections, "--sections", choices=SECTIONS)
+        args.models = common.parse_list(args.models, "--models", choices=MODELS)
+        args.methods = common.parse_list(args.methods, "--methods", choices=METHODS)
+        args.snapshot_counts = common.parse_list(args.snapshot_counts, "--snapshot-counts", int)
+        args.quantiles = common.parse_list(args.quantiles, "--quantiles", float)
+    except ValueError as e:
+        ap.error(str(e))
+    for name in ("steps", "batch", "repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1; got {getattr(args, name)}.")
+    if args.num_snapshots < 3 or any(h < 3 for h in args.snapshot_counts):
+        ap.error("--num-snapshots and --snapshot-counts must be >= 3.")
+    if not all(0.0 <= q < 1.0 for q in args.quantiles):
+        ap.error(f"--quantiles must lie in [0, 1); got {args.quantiles}.")
+    if args.lr is not None and not args.lr > 0:
+        ap.error(f"--lr must be > 0; got {args.lr}.")
+    if not args.max_params >= PARAM_TARGETS[0]:
+        ap.error(f"--max-params must be >= {PARAM_TARGETS[0]:.0e}; got {args.max_params}.")
+    if not args.section_params >= 1e3:
+        ap.error(f"--section-params must be >= 1e3; got {args.section_params}.")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    env = common.environment()
+    print(f"koopax overhead benchmark: jax {env['jax']} on {env['platform']} "
+          f"({env['cpu_count']} CPUs), base {args.base}, sections {args.sections}"
+          + (" [quick]" if args.quick else ""), flush=True)
+    pool, tasks, out = common.RunnerPool(), {}, {}
+    sections = {"models": lambda: section_models(args, pool),
+                "params": lambda: section_params(args, pool, tasks),
+                "snapshots": lambda: section_snapshots(args, pool, tasks),
+                "masks": lambda: section_masks(args, pool, tasks)}
+    for name, run in sections.items():
+        if name in args.sections:
+            t0 = time.perf_counter()
+            out[name] = run()
+            out[name]["wall_s"] = time.perf_counter() - t0
+            print(f"({name}: {out[name]['wall_s']:.1f} s in all, compilation included)")
+            out[name]["config"] = dict(vars(args))
+    # Sections run separately (e.g. with different --steps) share one file: the
+    # sections of an earlier run that this run did not repeat are kept.
+    path = os.path.join(args.output_dir, "overhead.json")
+    merged = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            merged = json.load(f).get("sections", {})
+    if "models" in out and "models" in merged:  # models measured apart are kept too
+        fresh = {r["model"] for r in out["models"]["results"]}
+        out["models"]["results"] = [r for r in merged["models"]["results"]
+                                    if r["model"] not in fresh] + out["models"]["results"]
+    merged.update(out)
+    common.write_json(path, {"environment": env, "config": vars(args), "sections": merged})
+    print(f"\nwrote {path}")
+    if not args.no_plots:
+        write_plots(merged, args.output_dir)
+    return out
+
+
+def write_plots(out, output_dir):
+    if "models" in out:
+        plot_models(out["models"], os.path.join(output_dir, "overhead_models.png"))
+    if "params" in out:
+        plot_scaling(out["params"], "num_params", os.path.join(output_dir, "overhead_params.png"),
+                     "parameters", logx=True)
+    if "snapshots" in out:
+        plot_scaling(out["snapshots"], "num_snapshots",
+                     os.path.join(output_dir, "overhead_snapshots.png"), "num_snapshots h",
+                     logx=False)
+    if "masks" in out:
+        plot_masks(out["masks"], os.path.join(output_dir, "overhead_masks.png"))
+
+
+if __name__ == "__main__":
+    main()

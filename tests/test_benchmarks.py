@@ -1,0 +1,199 @@
+"""Smoke tests of the benchmark scripts ``benchmarks/overhead.py`` and ``benchmarks/memory.py``.
+
+Each script runs once (``--quick --no-plots``, shrunk further where the option
+exists) into a temporary directory; the tests read the JSON it writes. No
+timing is asserted, only that every number is there, finite and consistent.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import common, memory, overhead
+
+
+def _numbers_named(obj, predicate, path=""):
+    """``(path, value)`` of every dict entry whose key satisfies ``predicate``."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            here = f"{path}.{k}"
+            if predicate(k) and not isinstance(v, (dict, list)):
+                yield here, v
+            yield from _numbers_named(v, predicate, here)
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _numbers_named(v, predicate, f"{path}[{i}]")
+
+
+def _is_ratio_key(key: str) -> bool:
+    return key.startswith("ratio") or key.endswith("_over_pass")
+
+
+@pytest.fixture(scope="module")
+def overhead_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("overhead")
+    # One parameter size for every quadratic section: the base and kga runners are shared.
+    overhead.main(["--quick", "--no-plots", "--output-dir", str(out), "--max-params", "1e5",
+                   "--section-params", "1e5", "--snapshot-counts", "4", "--quantiles", "0.9"])
+    return out, json.loads((out / "overhead.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def memory_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("memory")
+    memory.main(["--quick", "--no-plots", "--output-dir", str(out)])
+    return out, json.loads((out / "memory.json").read_text())
+
+
+# ----------------------------------------------------------------------------- overhead
+def test_overhead_json_has_every_section(overhead_run):
+    out, data = overhead_run
+    assert {"jax", "platform", "cpu_count"} <= set(data["environment"])
+    assert set(data["sections"]) == set(overhead.SECTIONS)
+    models = data["sections"]["models"]["results"]
+    assert [r["model"] for r in models] == ["mlp"]
+    assert set(models[0]["methods"]) == {"kga"}
+    assert models[0]["num_params"] > 0
+    assert len(data["sections"]["params"]["points"]) == 1
+    assert [p["num_snapshots"] for p in data["sections"]["snapshots"]["points"]] == [4]
+    assert [p["quantile"] for p in data["sections"]["masks"]["points"]] == [0.9]
+    assert not list(out.glob("*.png"))  # --no-plots
+
+
+def test_overhead_ratios_are_finite_and_positive(overhead_run):
+    _, data = overhead_run
+    ratios = list(_numbers_named(data["sections"], _is_ratio_key))
+    # models: kga; params, snapshots: ratio, refresh/pass, push/pass; masks: kga, masked.
+    assert len(ratios) >= 8
+    for path, value in ratios:
+        assert isinstance(value, (int, float)) and math.isfinite(value) and value > 0, path
+
+
+def test_overhead_kga_window_filled_during_warm_up(overhead_run):
+    _, data = overhead_run
+    diag = data["sections"]["models"]["results"][0]["methods"]["kga"]["diagnostics"]
+    assert diag["num_refreshes"] >= 1 and diag["num_nonfinite"] == 0
+
+
+def test_overhead_masked_fraction_matches_the_quantile(overhead_run):
+    _, data = overhead_run
+    masks = data["sections"]["masks"]
+    for point in masks["points"]:
+        assert point["compact"] is True
+        assert abs(point["masked_fraction"] - point["quantile"]) < 0.1
+        assert point["kept_fraction"] <= point["capacity"] + 1e-6
+
+
+def test_overhead_plots(overhead_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, data = overhead_run
+    overhead.write_plots(data["sections"], str(tmp_path))
+    names = {p.name for p in tmp_path.glob("*.png")}
+    assert names == {"overhead_models.png", "overhead_params.png", "overhead_snapshots.png",
+                     "overhead_masks.png"}
+
+
+def test_overhead_models_plot_accepts_runs_with_other_methods(overhead_run, tmp_path):
+    # overhead.json merges runs, so models may carry different method lists.
+    pytest.importorskip("matplotlib")
+    _, data = overhead_run
+    models = copy.deepcopy(data["sections"]["models"])
+    extra = copy.deepcopy(models["results"][0])
+    extra["model"] = "other"
+    extra["methods"] = {"not_in_the_first": next(iter(extra["methods"].values()))}
+    models["results"].append(extra)
+    path = tmp_path / "models.png"
+    overhead.plot_models(models, str(path))
+    assert path.stat().st_size > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sections", "models,bogus"], "--sections"),
+    (["--models", "vgg"], "--models"),
+    (["--steps", "0"], "--steps"),
+    (["--quantiles", "0.5,1.0"], "--quantiles"),
+    (["--snapshot-counts", "2"], "--snapshot-counts"),
+])
+def test_overhead_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        overhead.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- memory
+def _rows(data, model):
+    return {r["method"]: r for r in data["sections"]["state"][model]["rows"]}
+
+
+def test_memory_json_has_every_method(memory_run):
+    out, data = memory_run
+    assert {"jax", "platform", "cpu_count"} <= set(data["environment"])
+    for model in ("mlp", "resnet50_tiny"):
+        assert set(_rows(data, model)) == set(memory.VARIANTS)
+    assert not list(out.glob("*.png"))
+
+
+def test_memory_kga_state_is_h_parameter_copies(memory_run):
+    _, data = memory_run
+    # Independent count: the 784-1024-256-10 MLP in float32.
+    param_bytes = 4 * (784 * 1024 + 1024 + 1024 * 256 + 256 + 256 * 10 + 10)
+    rows = _rows(data, "mlp")
+    assert rows["kga_h6"]["param_bytes"] == param_bytes
+    for h in (4, 6, 8):
+        # The newest snapshot plus h - 1 increments, then O(h^2) scalars of DMD state.
+        extra = rows[f"kga_h{h}"]["koopax_bytes"] - h * param_bytes
+        assert 0 <= extra < 1024, h
+    # bf16 increments, float32 reference snapshot: 4 + 5 * 2 bytes per parameter.
+    extra = rows["kga_h6_bf16"]["koopax_bytes"] - (4 + 5 * 2) * param_bytes // 4
+    assert 0 <= extra < 1024
+    assert rows["adam"]["base_bytes"] == 2 * param_bytes + 4  # mu, nu and the count
+    assert rows["kga_h6"]["goal_met"] is True
+
+
+def test_memory_orderings(memory_run):
+    _, data = memory_run
+    for model in ("mlp", "resnet50_tiny"):
+        rows = _rows(data, model)
+        assert rows["kga_h6_bf16"]["koopax_bytes"] < rows["kga_h6"]["koopax_bytes"]
+        assert rows["kga_efficient_r2"]["koopax_bytes"] < rows["kga_efficient"]["koopax_bytes"]
+        assert rows["kga_h4"]["koopax_bytes"] < rows["kga_h6"]["koopax_bytes"] \
+            < rows["kga_h8"]["koopax_bytes"]
+        for row in rows.values():
+            assert row["base_bytes"] == rows["adam"]["base_bytes"], row["method"]
+
+
+def test_memory_peak_ratios_are_finite_and_positive(memory_run):
+    _, data = memory_run
+    rows = {r["method"]: r for r in data["sections"]["peak"]["rows"]}
+    assert set(rows) == {"adam", "kga_h6"}
+    for row in rows.values():
+        assert row["peak_mib"] > 0 and math.isfinite(row["ratio"]) and row["ratio"] > 0
+    assert rows["adam"]["ratio"] == 1.0
+    assert rows["kga_h6"]["koopax_state_bytes"] > 0 and rows["adam"]["koopax_state_bytes"] == 0
+
+
+def test_memory_plot(memory_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    _, data = memory_run
+    memory.plot(data["sections"], str(tmp_path / "memory.png"))
+    assert (tmp_path / "memory.png").stat().st_size > 0
+
+
+def test_memory_rejects_bad_arguments(capsys):
+    with pytest.raises(SystemExit):
+        memory.parse_args(["--peak-methods", "adam,sgd"])
+    assert "--peak-methods" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- helpers
+def test_tree_bytes_and_scaled_sizes():
+    tree = {"a": jnp.zeros((3, 4), jnp.float32), "b": jnp.zeros(5, jnp.bfloat16)}
+    assert common.tree_bytes(tree) == 3 * 4 * 4 + 5 * 2
+    for target in (1e5, 1e6):
+        n = common.mlp_size(common.scaled_mlp_sizes(target))
+        assert 0.9 * target < n < 1.1 * target
