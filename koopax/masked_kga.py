@@ -199,7 +199,7 @@ class MaskedKGAState(NamedTuple):
         ``(c_l,)`` leaves); its slots (``(m, c_l)`` per leaf) are stored in the
         full window's buffers (:func:`compact_slots`) and ``slots`` is None.
       indices: tuple of int32 ``(c_l,)`` kept positions per raveled leaf,
-        sorted; padding ``n_l + j``.
+        sorted; padding slots hold ``n_l`` (out of range).
       last_decision: int32 snapshot count at the latest mask decision.
       num_kept: int32 weights accelerated.
       num_overflow: int32 weights the criterion kept at the transition but no
@@ -253,7 +253,10 @@ def _accelerate_compact(carry, coefficients, scale):
     u, rejected, full_slots, indices = carry
     slots = tuple(_rows(s)[:, :i.shape[0]]
                   for s, i in zip(jax.tree.leaves(full_slots), indices, strict=True))
-    uc = masks.gather(u, indices)
+    # Padding slots of the stored increments are 0, so what ``uc`` holds there
+    # (the leaf's last entry) never reaches the products, unless it is not
+    # finite: then the coefficients are not either and ``u`` passes unchanged.
+    uc = masks.gather(u, indices, padding="any")
     acc = [tree_math.accumulation_dtype(jnp.result_type(s, x)) for s, x in zip(slots, uc)]
     products = sum(jnp.matmul(s.astype(dt), x.astype(dt), precision=_HIGHEST).astype(jnp.float32)
                    for s, x, dt in zip(slots, uc, acc))
@@ -334,8 +337,7 @@ def masked_kga(
             keep = jax.tree.map(jnp.logical_not, excluded)
             indices, num_kept, num_wanted = masks.compact_indices(keep, caps)
             slots = tuple(
-                _rows(s).at[:, i].get(mode="fill", fill_value=0, indices_are_sorted=True,
-                                      unique_indices=True)
+                masks.gather_rows(_rows(s), i)
                 for s, i in zip(jax.tree.leaves(w.slots), indices))
             cw = RingWindow(last=masks.gather(w.last, indices), slots=None,
                             gram=_slot_gram(slots), num_snapshots=w.num_snapshots)
@@ -362,8 +364,7 @@ def masked_kga(
             keep = tuple(jnp.logical_not(e) for e in excluded)
             indices, positions, num_kept = masks.recompact(state.indices, keep, sizes)
             slots = tuple(
-                s.at[:, p].get(mode="fill", fill_value=0, indices_are_sorted=True,
-                               unique_indices=True)
+                masks.gather_rows(s, p)
                 for s, p in zip(cw.slots, positions))
             cw = RingWindow(last=masks.take(cw.last, positions), slots=None,
                             gram=_slot_gram(slots), num_snapshots=cw.num_snapshots)

@@ -39,8 +39,8 @@ cost shrinks only when the arrays shrink, so each mask carries a static
 (``c_l = ceil(f n_l)`` for a fraction ``f``, rounded up to a multiple of
 128 and capped at ``n_l``; an int capacity ``C`` means ``f = C / N``). The
 kept weights' positions in the raveled leaf are gathered with
-:func:`compact_indices` into a sorted, unique int32 vector of length ``c_l``
-(padding ``n_l + j``, out of range, so gathers fill 0 and scatters drop), and
+:func:`compact_indices` into a sorted int32 vector of length ``c_l``
+(padding ``n_l``, out of range, so gathers fill 0 and scatters drop), and
 the Koopman algebra runs on the compact view (a tuple of 1-D leaves): kept
 weights beyond the capacity are treated as masked and counted as overflow.
 Compaction is per leaf: no parameter tree is ever flattened or concatenated.
@@ -345,7 +345,34 @@ def leaf_capacities(capacity, params) -> tuple:
 
 
 def _padding(n, cap):
-    return n + jnp.arange(cap, dtype=jnp.int32)
+    # Padding slots hold the out-of-range index ``n``: a gather in fill mode
+    # reads 0 there and a scatter drops them. One repeated value (not
+    # ``n + j``) keeps the vector free of iota constants, which XLA would
+    # otherwise materialize on every step (hoisted out of the gated loops).
+    return jnp.full((cap,), n, jnp.int32)
+
+
+_MODES = {"fill": jax.lax.GatherScatterMode.FILL_OR_DROP,
+          "clip": jax.lax.GatherScatterMode.CLIP}
+
+
+def _gather_1d(x, idx, mode):
+    """``x[idx]`` for a 1-D ``x`` and sorted, non-negative int32 ``idx``.
+
+    ``lax.gather`` directly: ``jnp`` indexing would add a pass that wraps
+    negative indices, which these never are. ``mode="fill"`` reads 0 at
+    out-of-range (padding) indices; ``"clip"`` reads ``x[n - 1]`` there, for
+    callers that multiply padding by stored zeros anyway (no mask pass).
+    """
+    dims = jax.lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,),
+                                          start_index_map=(0,))
+    return jax.lax.gather(x, idx[:, None], dims, (1,), mode=_MODES[mode],
+                          fill_value=0 if mode == "fill" else None, indices_are_sorted=True)
+
+
+def gather_rows(rows, idx):
+    """``rows[:, idx]`` for ``(m, n)`` rows, 0 at out-of-range (padding) indices."""
+    return jax.vmap(lambda r: _gather_1d(r, idx, "fill"))(rows)
 
 
 def compact_indices(keep, capacities):
@@ -357,7 +384,7 @@ def compact_indices(keep, capacities):
 
     Returns:
       ``(indices, num_kept, num_wanted)``: a tuple of sorted, unique int32
-      vectors (padding ``n_l + j``), the int32 number of weights that fit and
+      vectors (padding ``n_l``, out of range), the int32 number of weights that fit and
       the number the criterion kept (their difference is the overflow; the
       first kept weights of a leaf in raveled order fit).
     """
@@ -370,8 +397,7 @@ def compact_indices(keep, capacities):
         flat = jnp.ravel(leaf).astype(bool)
         n = flat.shape[0]
         count = jnp.sum(flat, dtype=jnp.int32)
-        raw = jnp.nonzero(flat, size=cap, fill_value=0)[0].astype(jnp.int32)
-        out.append(jnp.where(jnp.arange(cap) < count, raw, _padding(n, cap)))
+        out.append(jnp.nonzero(flat, size=cap, fill_value=n)[0].astype(jnp.int32))
         fit = fit + jnp.minimum(count, cap)
         wanted = wanted + count
     return tuple(out), fit, wanted
@@ -389,11 +415,9 @@ def recompact(indices, keep, sizes):
         cap = idx.shape[0]
         kp = kp & (idx < n)
         count = jnp.sum(kp, dtype=jnp.int32)
-        pos = jnp.nonzero(kp, size=cap, fill_value=0)[0].astype(jnp.int32)
-        live = jnp.arange(cap) < count
-        pos = jnp.where(live, pos, cap + jnp.arange(cap, dtype=jnp.int32))
-        new.append(jnp.where(live, idx.at[pos].get(mode="fill", fill_value=0),
-                             _padding(n, cap)))
+        pos = jnp.nonzero(kp, size=cap, fill_value=cap)[0].astype(jnp.int32)
+        # Past ``count`` the positions are ``cap`` (out of range): padding ``n``.
+        new.append(jnp.where(pos < cap, _gather_1d(idx, pos, "clip"), n))
         positions.append(pos)
         total = total + count
     return tuple(new), tuple(positions), total
@@ -401,25 +425,32 @@ def recompact(indices, keep, sizes):
 
 def take(compact, positions):
     """``compact[l][positions[l]]`` per leaf, 0 where a position is out of range."""
-    return tuple(
-        c.at[p].get(mode="fill", fill_value=0, indices_are_sorted=True, unique_indices=True)
-        for c, p in zip(compact, positions))
+    return tuple(_gather_1d(c, p, "fill") for c, p in zip(compact, positions))
 
 
-def gather(tree, indices):
-    """The compact view of ``tree``: a tuple of ``(c_l,)`` leaves, 0 at padding."""
-    return tuple(
-        jnp.ravel(x).at[i].get(mode="fill", fill_value=0, indices_are_sorted=True,
-                               unique_indices=True)
-        for x, i in zip(jax.tree.leaves(tree), indices, strict=True))
+def gather(tree, indices, *, padding="zero"):
+    """The compact view of ``tree``: a tuple of ``(c_l,)`` leaves.
+
+    ``padding="zero"`` reads 0 at padding slots; ``"any"`` leaves them
+    unspecified (one pass less; for products with vectors that are 0 there).
+    """
+    modes = {"zero": "fill", "any": "clip"}
+    if padding not in modes:
+        raise ValueError(f"padding must be 'zero' or 'any'; got {padding!r}.")
+    mode = modes[padding]
+    return tuple(_gather_1d(jnp.ravel(x), i, mode)
+                 for x, i in zip(jax.tree.leaves(tree), indices, strict=True))
 
 
 def scatter_add(tree, indices, compact):
     """``tree`` with ``compact`` added at ``indices`` (padding dropped)."""
+    dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
+                                           scatter_dims_to_operand_dims=(0,))
     leaves, treedef = jax.tree.flatten(tree)
     out = [
-        jnp.ravel(x).at[i].add(c.astype(x.dtype), mode="drop", indices_are_sorted=True,
-                               unique_indices=True).reshape(x.shape)
+        jax.lax.scatter_add(jnp.ravel(x), i[:, None], c.astype(x.dtype), dims,
+                            indices_are_sorted=True,
+                            mode=jax.lax.GatherScatterMode.FILL_OR_DROP).reshape(x.shape)
         for x, i, c in zip(leaves, indices, compact, strict=True)]
     return jax.tree.unflatten(treedef, out)
 

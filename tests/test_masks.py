@@ -89,12 +89,17 @@ def test_compact_indices_gather_scatter():
             "b": jnp.array([[False, True], [False, False]])}
     idx, fit, wanted = jax.jit(lambda k: masks.compact_indices(k, (3, 2)))(keep)
     np.testing.assert_array_equal(idx[0], [0, 2, 3])      # 4th kept weight overflows
-    np.testing.assert_array_equal(idx[1], [1, 4 + 1])     # padding n + j
+    np.testing.assert_array_equal(idx[1], [1, 4])         # padding n (out of range)
     assert int(fit) == 4 and int(wanted) == 5
     tree = {"a": jnp.arange(6.0), "b": jnp.arange(4.0).reshape(2, 2) + 10}
     comp = jax.jit(masks.gather)(tree, idx)
     np.testing.assert_array_equal(comp[0], [0.0, 2.0, 3.0])
     np.testing.assert_array_equal(comp[1], [11.0, 0.0])
+    loose = jax.jit(lambda t, i: masks.gather(t, i, padding="any"))(tree, idx)
+    np.testing.assert_array_equal(loose[0], comp[0])          # no padding in leaf a
+    assert float(loose[1][0]) == 11.0                         # kept entry; padding unspecified
+    with pytest.raises(ValueError, match="padding"):
+        masks.gather(tree, idx, padding="nan")
     out = jax.jit(masks.scatter_add)(tree, idx, (jnp.ones(3), jnp.full(2, 5.0)))
     np.testing.assert_array_equal(out["a"], [1.0, 1.0, 3.0, 4.0, 4.0, 5.0])
     np.testing.assert_array_equal(out["b"], [[10.0, 16.0], [12.0, 13.0]])
@@ -104,8 +109,8 @@ def test_compact_indices_gather_scatter():
     new_idx, taken, count = jax.jit(
         lambda i, k, c: (lambda r: (r[0], masks.take(c, r[1]), r[2]))(
             masks.recompact(i, k, (6, 4))))(idx, new_keep, comp)
-    np.testing.assert_array_equal(new_idx[0], [0, 3, 6 + 2])
-    np.testing.assert_array_equal(new_idx[1], [1, 4 + 1])
+    np.testing.assert_array_equal(new_idx[0], [0, 3, 6])
+    np.testing.assert_array_equal(new_idx[1], [1, 4])
     np.testing.assert_array_equal(taken[0], [0.0, 3.0, 0.0])
     np.testing.assert_array_equal(taken[1], [11.0, 0.0])  # padding slot stays 0
     assert int(count) == 3
