@@ -85,6 +85,13 @@ class _Shortcut(nnx.Module):
         return self.norm(self.conv(x))
 
 
+def _shortcut(c_in: int, c_out: int, stride: int, *, rngs: nnx.Rngs):
+    """A projection shortcut where the shape changes, else None (identity)."""
+    if stride != 1 or c_in != c_out:
+        return _Shortcut(c_in, c_out, stride, rngs=rngs)
+    return None
+
+
 class BasicBlock(nnx.Module):
     """Residual block ``3x3 -> BN -> ReLU -> 3x3 -> BN`` plus shortcut (expansion 1).
 
@@ -117,11 +124,7 @@ class BasicBlock(nnx.Module):
         self.norm1 = _norm(width, rngs=rngs)
         self.conv2 = _conv(width, out, 3, 1, rngs=rngs)
         self.norm2 = _norm(out, zero_scale=zero_init_residual, rngs=rngs)
-        self.shortcut = (
-            _Shortcut(in_channels, out, stride, rngs=rngs)
-            if stride != 1 or in_channels != out
-            else None
-        )
+        self.shortcut = _shortcut(in_channels, out, stride, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         residual = x if self.shortcut is None else self.shortcut(x)
@@ -164,11 +167,7 @@ class BottleneckBlock(nnx.Module):
         self.norm2 = _norm(width, rngs=rngs)
         self.conv3 = _conv(width, out, 1, 1, rngs=rngs)
         self.norm3 = _norm(out, zero_scale=zero_init_residual, rngs=rngs)
-        self.shortcut = (
-            _Shortcut(in_channels, out, stride, rngs=rngs)
-            if stride != 1 or in_channels != out
-            else None
-        )
+        self.shortcut = _shortcut(in_channels, out, stride, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         residual = x if self.shortcut is None else self.shortcut(x)
