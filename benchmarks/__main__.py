@@ -7,9 +7,12 @@ Runs, in order, :mod:`benchmarks.memory` (state bytes, peak RSS),
 with the learning-rate sweep), then :mod:`benchmarks.goals`, which reads their
 JSON files and writes ``goals.md``: where each goal of issue 5 stands.
 
-Everything is written under ``--output-dir`` (default ``benchmarks/results``).
+Everything is written under ``--output-dir`` (default ``benchmarks/results``;
+``runs/benchmarks_quick`` with ``--quick``, so smoke runs never overwrite the
+published results).
 On 2 CPU cores the full suite takes hours (the convergence part dominates);
-``--only`` picks parts, ``--quick`` is a smoke run of every part (minutes).
+``--only`` picks parts, ``--quick`` is a smoke run of every part (about 6
+minutes on 2 cores; convergence on two tasks only).
 Runs of the convergence and depth parts already on disk are reused (delete
 them, or pass ``--rerun``, to measure again). CPU by default; JAX picks a GPU
 when one is installed and visible.
@@ -28,7 +31,7 @@ import sys
 if __package__ in (None, ""):  # pragma: no cover - `python benchmarks/__main__.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import convergence, depth, goals, memory, overhead  # noqa: E402
+from benchmarks import convergence, default_output_dir, depth, goals, memory, overhead  # noqa: E402,E501
 
 PARTS = ("memory", "overhead", "depth", "convergence")
 
@@ -37,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--only", type=convergence._comma_list(PARTS), default=list(PARTS),
                    help=f"comma list of parts ({', '.join(PARTS)})")
-    p.add_argument("--output-dir", default=os.path.join("benchmarks", "results"))
+    p.add_argument("--output-dir", help="default benchmarks/results (runs/benchmarks_quick "
+                                         "with --quick)")
     p.add_argument("--quick", action="store_true", help="smoke run of every part")
     p.add_argument("--rerun", action="store_true", help="convergence/depth: rerun stored runs")
     p.add_argument("--no-plots", action="store_true")
@@ -46,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    args.output_dir = args.output_dir or default_output_dir(args.quick)
     out = args.output_dir
     common = (["--quick"] if args.quick else []) + (["--no-plots"] if args.no_plots else [])
     rerun = ["--rerun"] if args.rerun else []
@@ -59,8 +64,10 @@ def main(argv=None) -> None:
             depth.main(["--output-dir", os.path.join(out, "depth")] + rerun
                        + (["--quick", "--seeds", "1"] if args.quick else []))
         else:
+            # A smoke run exercises the pipeline on one MLP and one image task.
+            smoke = ["--seeds", "1", "--tasks", "digits_mlp,images_fcn", "--bases", "sgd"]
             convergence.main(["--output-dir", os.path.join(out, "convergence")] + rerun
-                             + common + (["--seeds", "1"] if args.quick else []))
+                             + common + (smoke if args.quick else []))
     print(f"\n##### goals\n{goals.main(['--results-dir', out])}")
 
 

@@ -42,6 +42,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python benchmarks/convergence.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import default_output_dir  # noqa: E402
 from examples import compare  # noqa: E402
 
 METHODS = ("kga", "kga_efficient", "kga_kwm", "pdt", "tano", "dogra")
@@ -96,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=compare._positive_int, default=5)
     p.add_argument("--epochs-scale", type=compare._positive_float, default=1.0,
                    help="multiplies every task's number of epochs")
-    p.add_argument("--output-dir", default=os.path.join("benchmarks", "results", "convergence"))
+    p.add_argument("--output-dir", help="default benchmarks/results/convergence "
+                                         "(under runs/benchmarks_quick with --quick)")
     p.add_argument("--rerun", action="store_true", help="rerun runs whose results exist")
     p.add_argument("--collect", action="store_true",
                    help="run nothing: aggregate the runs of --tasks x --bases found on disk")
@@ -202,8 +204,15 @@ def save_plot(rows: list[dict[str, Any]], path: str) -> str:
     return path
 
 
-def main(argv=None) -> dict[str, Any]:
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with ``--output-dir`` defaulted (see :func:`benchmarks.default_output_dir`)."""
     args = build_parser().parse_args(argv)
+    args.output_dir = args.output_dir or default_output_dir(args.quick, "convergence")
+    return args
+
+
+def main(argv=None) -> dict[str, Any]:
+    args = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     rows = []
     for task in args.tasks:

@@ -25,6 +25,7 @@ if __package__ in (None, ""):  # `python benchmarks/depth.py`
 
 import numpy as np  # noqa: E402
 
+from benchmarks import default_output_dir  # noqa: E402
 from examples import compare  # noqa: E402
 
 METHODS = ("pdt", "dogra", "tano")
@@ -46,7 +47,8 @@ def build_parser():
                                 description=__doc__.splitlines()[0])
     p.add_argument("--depths", type=_depths, default=[2, 4, 6])
     p.add_argument("--seeds", type=compare._positive_int, default=5)
-    p.add_argument("--output-dir", default=os.path.join("benchmarks", "results", "depth"))
+    p.add_argument("--output-dir", help="default benchmarks/results/depth "
+                                         "(under runs/benchmarks_quick with --quick)")
     p.add_argument("--rerun", action="store_true")
     p.add_argument("--quick", action="store_true")
     return p
@@ -58,8 +60,15 @@ def median_curve(runs):
     return np.median(curves, axis=0)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with ``--output-dir`` defaulted (see :func:`benchmarks.default_output_dir`)."""
     args = build_parser().parse_args(argv)
+    args.output_dir = args.output_dir or default_output_dir(args.quick, "depth")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     out = {}
     for depth in args.depths:
         run_dir = os.path.join(args.output_dir, f"depth_{depth}")

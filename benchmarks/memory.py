@@ -48,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import koopax  # noqa: E402
-from benchmarks import common  # noqa: E402
+from benchmarks import common, default_output_dir  # noqa: E402
 
 SECTIONS = ("state", "peak")
 #: Marks the result line a child process prints.
@@ -315,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, help="steps per epoch = snapshot_every (10)")
     ap.add_argument("--epochs", type=int, help="epochs of the peak-memory run (9)")
     ap.add_argument("--batch", type=int, help="batch size of the peak-memory run (128)")
-    ap.add_argument("--output-dir", default=os.path.join("benchmarks", "results"))
+    ap.add_argument("--output-dir", help="default benchmarks/results (runs/benchmarks_quick "
+                                          "with --quick)")
     ap.add_argument("--no-plots", action="store_true", help="do not write memory.png")
     ap.add_argument("--quick", action="store_true", help="smoke run: few steps, adam and kga")
     ap.add_argument("--child", metavar="METHOD", choices=sorted(VARIANTS),
@@ -326,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
+    args.output_dir = args.output_dir or default_output_dir(args.quick)
     common.apply_defaults(args, DEFAULTS, QUICK)
     try:
         args.sections = common.parse_list(args.sections, "--sections", choices=SECTIONS)

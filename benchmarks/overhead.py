@@ -50,7 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import koopax  # noqa: E402
-from benchmarks import common  # noqa: E402
+from benchmarks import common, default_output_dir  # noqa: E402
 from koopax import snapshots, tree_math  # noqa: E402
 from koopax.kga import acceleration_operator  # noqa: E402
 
@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="snapshots/masks sections: parameter count (1e6)")
     ap.add_argument("--snapshot-counts", help="snapshots section: h values (4,8,16,32)")
     ap.add_argument("--quantiles", help="masks section: |w| quantiles (0,0.5,0.75,0.9,0.95)")
-    ap.add_argument("--output-dir", default=os.path.join("benchmarks", "results"))
+    ap.add_argument("--output-dir", help="default benchmarks/results (runs/benchmarks_quick "
+                                          "with --quick)")
     ap.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: tiny sizes, few steps and repeats")
@@ -393,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv=None):
     ap = build_parser()
     args = ap.parse_args(argv)
+    args.output_dir = args.output_dir or default_output_dir(args.quick)
     common.apply_defaults(args, DEFAULTS, QUICK)
     try:
         args.sections = common.parse_list(args.sections, "--sections", choices=SECTIONS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 
 import jax.numpy as jnp
 import pytest
@@ -197,3 +198,14 @@ def test_tree_bytes_and_scaled_sizes():
     for target in (1e5, 1e6):
         n = common.mlp_size(common.scaled_mlp_sizes(target))
         assert 0.9 * target < n < 1.1 * target
+
+
+def test_quick_runs_never_write_to_the_published_results():
+    from benchmarks import QUICK_DIR, RESULTS_DIR, default_output_dir
+    assert QUICK_DIR != RESULTS_DIR
+    for script in (overhead, memory):
+        assert script.parse_args(["--quick"]).output_dir == QUICK_DIR
+        assert script.parse_args([]).output_dir == RESULTS_DIR
+        assert script.parse_args(["--quick", "--output-dir", "x"]).output_dir == "x"
+    assert default_output_dir(True, "convergence") == f"{QUICK_DIR}/convergence".replace(
+        "/", os.sep)

@@ -53,7 +53,7 @@ def test_bad_task_list_is_an_error():
 
 
 def test_harness_arguments_carry_the_task_and_lr_sweep():
-    args = convergence.build_parser().parse_args(["--tasks", "images_vit", "--bases", "adam"])
+    args = convergence.parse_args(["--tasks", "images_vit", "--bases", "adam"])
     argv = convergence.harness_argv("images_vit", "adam", args)
     flags = dict(zip(argv[::2], argv[1::2]))
     assert flags["--model"] == "vit" and flags["--size"] == "tiny"
