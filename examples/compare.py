@@ -166,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_nonnegative_float, default=DEFAULTS["alpha"],
                    help="KGA acceleration rate")
     p.add_argument("--num-snapshots", type=_positive_int, default=DEFAULTS["num_snapshots"],
-                   help="DMD window (snapshots)")
+                   help="KGA's DMD window (snapshots); PDT and the baselines keep their own "
+                        "(--set pdt.num_snapshots=N)")
     p.add_argument("--snapshot-every", type=_positive_int, default=None,
                    help="steps between snapshots (default: steps per epoch, KGA-Epoch)")
     p.add_argument("--set", dest="overrides", action="append", default=[], type=_override,
@@ -259,8 +260,9 @@ def _finite_or_none(x):
 
 def method_hparams(args, method: str) -> dict[str, Any]:
     """Hyperparameters handed to ``method``'s factory: the flags, then ``--set`` overrides."""
-    hp = dict(alpha=args.alpha, num_snapshots=args.num_snapshots,
-              snapshot_every=args.snapshot_every)
+    hp = dict(snapshot_every=args.snapshot_every)
+    if method.startswith("kga"):    # --alpha and --num-snapshots are KGA's flags
+        hp.update(alpha=args.alpha, num_snapshots=args.num_snapshots)
     for scope, key, value in getattr(args, "overrides", ()):
         if scope is None or scope == method:
             hp[key] = value

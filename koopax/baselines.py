@@ -43,7 +43,7 @@ import numbers
 
 import optax
 
-from koopax.pdt import _predictive, _validate
+from koopax.pdt import EngineConfig, predictive
 
 MODES = ("dogra", "tano")
 
@@ -73,7 +73,8 @@ def dmd_prediction(
       mode: ``'dogra'`` (periodic, no fallback) or ``'tano'`` (stops for good
         once ``value`` rises after a jump).
       per_leaf: one DMD per pytree leaf (default) or one for the whole tree.
-      rank: DMD rank policy (``None`` Gavish–Donoho, int, energy float).
+      rank: DMD rank policy (:func:`koopax.linalg.rank_mask`; ``'svht'`` is
+        Gavish–Donoho, as the original papers).
       tolerance: ``'tano'``: relative rise of ``value`` that stops predictions.
       rcond: Gram noise floor of the DMD.
 
@@ -88,11 +89,10 @@ def dmd_prediction(
         raise ValueError(f"per_leaf must be a bool; got {per_leaf!r}.")
     if start is None:
         start = num_snapshots - 1 if isinstance(num_snapshots, numbers.Integral) else 0
-    _validate(horizon, num_snapshots, snapshot_every, start, interval, rank, "none",
-                   (1.0, None), False, tolerance, interval, interval, False, rcond)
-    return _predictive(
+    return predictive(EngineConfig(
         horizon=horizon, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         start=start, interval=interval, rank=rank, criteria="none",
         quantity_bounds=(1.0, None), on_rise="stop" if mode == "tano" else "none",
-        tolerance=float(tolerance), min_interval=interval, max_interval=interval,
-        authors_schedule=False, per_leaf=per_leaf, rcond=rcond)
+        tolerance=tolerance, noise_tolerance=0.0, min_interval=interval,
+        max_interval=interval, authors_schedule=False, per_leaf=per_leaf, rcond=rcond,
+        fit_on="assembled"))

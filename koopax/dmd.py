@@ -73,16 +73,19 @@ class ReducedOperator(NamedTuple):
     rank: jax.Array
 
 
-def reduced_operator(gram_xx, gram_xy, *, rank, matrix_shape, num_valid=None, rcond=None):
+def reduced_operator(gram_xx, gram_xy, *, rank, matrix_shape, num_valid=None, rcond=None,
+                     noise_threshold=None):
     """``A~ = S^{-1} V^T (X^T Y) V S^{-1}`` from ``X^T X`` and ``X^T Y``.
 
     Args:
       gram_xx: ``(k, k)`` symmetric ``X^T X``.
       gram_xy: ``(k, k)`` ``X^T Y``.
       rank: rank policy (see :func:`koopax.linalg.rank_mask`).
-      matrix_shape: static ``(N, k)`` shape of ``X`` for Gavish–Donoho.
+      matrix_shape: static ``(N, k)`` shape of ``X`` (for ``rank='svht'``).
       num_valid: number of meaningful snapshot pairs (padding beyond).
       rcond: noise floor relative to ``sigma_1``; default by dtype.
+      noise_threshold: the isotropic-noise threshold of the default policy
+        (:func:`gram_operator` computes it from the whole window).
     """
     dtype = gram_xx.dtype
     if rcond is None:
@@ -90,13 +93,48 @@ def reduced_operator(gram_xx, gram_xy, *, rank, matrix_shape, num_valid=None, rc
     evals, evecs = jnp.linalg.eigh(gram_xx)
     evals, evecs = evals[::-1], evecs[:, ::-1]
     s = jnp.sqrt(jnp.maximum(evals, 0.0))
-    mask, r = linalg.rank_mask(
-        s, rank=rank, matrix_shape=matrix_shape, num_valid=num_valid, rcond=rcond
-    )
+    mask, r = linalg.rank_mask(s, rank=rank, matrix_shape=matrix_shape, num_valid=num_valid,
+                               rcond=rcond, noise_threshold=noise_threshold)
     s_inv = jnp.where(mask, 1.0 / jnp.where(mask, s, 1.0), 0.0)
     vs = evecs * s_inv[None, :]
     atilde = jnp.matmul(jnp.matmul(vs.T, gram_xy, precision=_HIGHEST), vs, precision=_HIGHEST)
     return ReducedOperator(evecs, jnp.where(mask, s, 0.0), s_inv, atilde, r)
+
+
+def gram_operator(gram, *, rank, num_features: int, num_valid=None, rcond=None):
+    """The reduced DMD operator of a window of ``m`` snapshots from its ``m x m`` Gram matrix.
+
+    ``X`` is the first ``m - 1`` snapshots and ``Y`` the last ``m - 1``, so
+    ``X^T X = G[:-1, :-1]`` and ``X^T Y = G[:-1, 1:]`` (:func:`reduced_operator`).
+    With the default rank policy (``rank=None``) the noise threshold comes
+    from the singular values of the whole window, ``sqrt(eig(G))``
+    (:func:`koopax.linalg.isotropic_noise_threshold`): its ``m`` values show
+    a noise cluster that the ``m - 1`` of ``X`` alone may hide.
+
+    Args:
+      gram: ``(m, m)`` Gram matrix of the window, oldest snapshot first.
+      rank: rank policy (:func:`koopax.linalg.rank_mask`).
+      num_features: static ``N``, the size of one snapshot.
+      num_valid: meaningful pairs (default all ``m - 1``).
+      rcond: noise floor relative to ``sigma_1``; default by dtype.
+
+    Examples:
+      >>> import jax.numpy as jnp, koopax
+      >>> d = jnp.array([[1.0, 0.0], [0.5, 0.1], [0.25, 0.1]])  # 3 snapshots
+      >>> red = koopax.dmd.gram_operator(d @ d.T, rank=1, num_features=2)
+      >>> int(red.rank), red.operator.shape
+      (1, (2, 2))
+    """
+    gram = jnp.asarray(gram)
+    k = gram.shape[0] - 1
+    threshold = None
+    if rank is None:
+        window = jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram)[::-1], 0.0))
+        threshold = linalg.isotropic_noise_threshold(
+            window, num_rows=num_features, num_valid=None if num_valid is None else num_valid + 1)
+    return reduced_operator(gram[:-1, :-1], gram[:-1, 1:], rank=rank,
+                            matrix_shape=(num_features, k), num_valid=num_valid, rcond=rcond,
+                            noise_threshold=threshold)
 
 
 class EigenvalueClasses(NamedTuple):
@@ -169,8 +207,11 @@ def exact_dmd(snapshots, *, rank=None, rcond=None) -> DMD:
     Args:
       snapshots: an array of shape ``(h, ...)`` or a pytree whose leaves all
         carry the ``h`` snapshots on their leading axis (``h >= 2``).
-      rank: ``None`` (Gavish–Donoho optimal hard threshold, unknown noise),
-        an int (fixed rank; also the static size of the result), or a float in
+      rank: ``None`` (every singular value above the isotropic-noise
+        cluster of the window, possibly none: see
+        :func:`koopax.linalg.rank_mask`), ``'svht'`` (Gavish–Donoho optimal
+        hard threshold for unknown noise, PyDMD's ``svd_rank=0``), an int
+        (fixed rank; also the static size of the result), or a float in
         ``(0, 1)`` (cumulative energy). Modes beyond the chosen rank are
         zero-padded so that shapes are static under ``jit``.
       rcond: singular values ``<= rcond * sigma_1`` are dropped (Gram noise
@@ -195,9 +236,7 @@ def exact_dmd(snapshots, *, rank=None, rcond=None) -> DMD:
     cap = min(rank, k) if isinstance(rank, numbers.Integral) else k
 
     gram = tree_math.stacked_gram(snapshots)
-    red = reduced_operator(
-        gram[:-1, :-1], gram[:-1, 1:], rank=rank, matrix_shape=(num_features, k), rcond=rcond
-    )
+    red = gram_operator(gram, rank=rank, num_features=num_features, rcond=rcond)
     values, vectors = linalg.eig(red.operator, red.rank)
     valid = jnp.arange(k) < red.rank
     order = sort_eigenvalues(values, valid)[:cap]

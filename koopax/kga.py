@@ -52,7 +52,7 @@ import optax
 
 from koopax import linalg, snapshots, tree_math
 from koopax.control import maybe_apply, maybe_record
-from koopax.dmd import reduced_operator, sort_eigenvalues
+from koopax.dmd import gram_operator, sort_eigenvalues
 
 NO_PARAMS_MSG = (
     "koopax.kga needs the current parameters: call "
@@ -144,9 +144,7 @@ def acceleration_operator(gram, *, epsilon, rank, num_features, rcond=None) -> _
     ``K = V S^{-1} M S^{-1} V^T`` so that ``U M U^T u = X K X^T u``.
     """
     k = gram.shape[0] - 1
-    red = reduced_operator(
-        gram[:-1, :-1], gram[:-1, 1:], rank=rank, matrix_shape=(num_features, k), rcond=rcond
-    )
+    red = gram_operator(gram, rank=rank, num_features=num_features, rcond=rcond)
     projector = linalg.disk_projector(red.operator, 1.0 - epsilon)
     m_op = jnp.matmul(red.operator, projector, precision=_HIGHEST)
     norm = jnp.linalg.norm(m_op, 2)
@@ -301,8 +299,9 @@ def kga(
         principal directions of the latest increments (streaming POD);
         ``None`` fixes the basis once filled, as in the paper.
       epsilon: half-width of the neutral band ``1 - eps <= |lambda| <= 1 + eps``.
-      rank: DMD rank policy: ``None`` Gavish–Donoho, an int fixes it, a float
-        in (0, 1) keeps that fraction of energy. With ``efficient=True`` an int
+      rank: DMD rank policy (:func:`koopax.linalg.rank_mask`): ``None`` every
+        mode above the window's isotropic noise, ``'svht'`` Gavish–Donoho, an
+        int fixes it, a float in (0, 1) keeps that fraction of energy. With ``efficient=True`` an int
         also sets the basis size (default ``h - 2``).
       efficient: Efficient-KGA: store an orthonormal basis (``basis_size``
         directions) and the increments' coordinates instead of the increments.

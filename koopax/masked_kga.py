@@ -32,7 +32,7 @@ Phases (all state shapes static, one compiled step):
    recomputed. The full window stays in the state, unused (static shapes).
 
 The window is a ring buffer (:class:`RingWindow`, written in place) and the
-DMD refresh uses ``C`` as the row count in the Gavish–Donoho rank threshold
+DMD refresh uses ``C`` as the row count in the rank policy's noise threshold
 in both phases (identical to :func:`koopax.kga` when ``C = N``).
 The phase gates are 0/1-trip while loops (``lax.cond`` would copy the window
 through the untaken branch on every step), so a compact step executes only
@@ -176,8 +176,13 @@ def compact_slots(state: "MaskedKGAState") -> tuple:
     slot of the full window (unused once the window is compact), so masking
     never needs a second ``m x N`` buffer.
     """
-    caps = [int(i.shape[0]) for i in state.indices]
-    return tuple(_rows(s)[:, :c] for s, c in zip(jax.tree.leaves(state.window.slots), caps))
+    return _prefix_views(state.window.slots, state.indices)
+
+
+def _prefix_views(full_slots, indices):
+    """``(m, c_l)`` prefixes of the full slot buffers, ``c_l`` the length of ``indices[l]``."""
+    return tuple(_rows(s)[:, :i.shape[0]]
+                 for s, i in zip(jax.tree.leaves(full_slots), indices, strict=True))
 
 
 def _store_compact(window, slots):
@@ -251,8 +256,7 @@ def _accelerate_compact(carry, coefficients, scale):
     than the multiply-and-reduce of :func:`_slot_products` at ``c_l ~ 1e5``).
     """
     u, rejected, full_slots, indices = carry
-    slots = tuple(_rows(s)[:, :i.shape[0]]
-                  for s, i in zip(jax.tree.leaves(full_slots), indices, strict=True))
+    slots = _prefix_views(full_slots, indices)
     # Padding slots of the stored increments are 0, so what ``uc`` holds there
     # (the leaf's last entry) never reaches the products, unless it is not
     # finite: then the coefficients are not either and ``u`` passes unchanged.

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from koopax import linalg, tree_math
-from koopax.dmd import classify_eigenvalues, reduced_operator
+from koopax.dmd import classify_eigenvalues, gram_operator
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Per-leaf capacities are rounded up to a multiple of this (bucket sizes).
@@ -219,8 +219,7 @@ def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None,
     k = m - 1
     gram = jnp.asarray(inputs.gram, jnp.float32)
     num_features = tree_math.tree_size(incs[0])
-    red = reduced_operator(gram[:-1, :-1], gram[:-1, 1:], rank=rank,
-                           matrix_shape=(num_features, k), rcond=rcond)
+    red = gram_operator(gram, rank=rank, num_features=num_features, rcond=rcond)
     values, vectors = linalg.eig(red.operator, red.rank)
     valid = jnp.arange(k) < red.rank
     cdt = values.dtype
@@ -383,8 +382,9 @@ def compact_indices(keep, capacities):
       capacities: static per-leaf slot counts (:func:`leaf_capacities`).
 
     Returns:
-      ``(indices, num_kept, num_wanted)``: a tuple of sorted, unique int32
-      vectors (padding ``n_l``, out of range), the int32 number of weights that fit and
+      ``(indices, num_kept, num_wanted)``: a tuple of sorted int32 vectors
+      (kept positions unique, then padding ``n_l``, out of range, repeated),
+      the int32 number of weights that fit and
       the number the criterion kept (their difference is the overflow; the
       first kept weights of a leaf in raveled order fit).
     """

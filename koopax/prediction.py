@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from koopax import linalg, snapshots, tree_math
-from koopax.dmd import reduced_operator
+from koopax.dmd import gram_operator
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -113,8 +113,8 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
       gram: ``(m, m)`` Gram matrix of the increments ``d_0..d_{m-1}``, oldest
         first (``m >= 2``).
       horizon: ``tau``, snapshots to predict ahead (static int >= 1).
-      num_features: static ``N`` (for the Gavish–Donoho threshold).
-      rank: DMD rank policy (``None`` Gavish–Donoho, int, or energy float).
+      num_features: static ``N`` (for the rank policy's noise threshold).
+      rank: DMD rank policy (:func:`koopax.linalg.rank_mask`).
       rcond: Gram noise floor (default by dtype, see :mod:`koopax.dmd`).
       active_horizon: optional traced ``tau <= horizon``.
       num_valid: number of meaningful pairs (default all ``m - 1``).
@@ -130,9 +130,8 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 2:
         raise ValueError(f"gram must be an (m, m) matrix with m >= 2; got {gram.shape}.")
     k = gram.shape[0] - 1
-    red = reduced_operator(gram[:-1, :-1], gram[:-1, 1:], rank=rank,
-                           matrix_shape=(num_features, k), num_valid=num_valid,
-                           rcond=rcond)
+    red = gram_operator(gram, rank=rank, num_features=num_features, num_valid=num_valid,
+                        rcond=rcond)
     vs = red.right_vectors * red.inverse_singular_values[None, :]    # V S^{-1}
     z = jnp.matmul(vs.T, gram[:-1, -1], precision=_HIGHEST)           # U^T d_last
     total = power_sum(red.operator, horizon, active_horizon)          # sum A~^j
@@ -158,9 +157,14 @@ def predicted_displacement(window: snapshots.IncrementWindow, horizon: int, *, r
     m = len(window.increments)
     if m < 2:
         raise ValueError(f"window: need at least 2 increments for one DMD pair; got {m}.")
-    info = prediction_coefficients(
-        window.gram, horizon, num_features=tree_math.tree_size(window.last), rank=rank,
-        rcond=rcond, active_horizon=active_horizon)
+    num_features = tree_math.tree_size(window.last)
+    if num_features == 0:      # an empty leaf (per-leaf DMD): nothing to predict
+        info = PredictionCoefficients(jnp.zeros((m - 1,), jnp.float32),
+                                      jnp.zeros((m - 1,), jnp.complex64),
+                                      jnp.zeros((), jnp.int32), jnp.asarray(True))
+    else:
+        info = prediction_coefficients(window.gram, horizon, num_features=num_features,
+                                       rank=rank, rcond=rcond, active_horizon=active_horizon)
     like = jax.tree.map(
         lambda x: jnp.zeros(x.shape, tree_math.accumulation_dtype(x.dtype)), window.last)
     displacement = tree_math.tree_combination(window.increments[:-1], info.coefficients, like)

@@ -216,6 +216,9 @@ def test_set_overrides_reach_the_method_and_are_scoped():
     state = tx.init({"w": np.zeros(3, np.float32)})
     assert len(state.windows[0].increments) == 4
     assert state.horizon == 3
+    # KGA's --num-snapshots/--alpha flags do not reach PDT: it keeps its own defaults.
+    plain = compare.method_hparams(compare.parse_args(["--methods", "kga,pdt"]), "pdt")
+    assert "num_snapshots" not in plain and "alpha" not in plain
 
 
 @pytest.mark.parametrize("argv", [["--set", "nope=1"], ["--set", "noequals"],

@@ -87,7 +87,7 @@ def test_svht_coefficient_square_matrix_constant():
     assert abs(linalg.svht_coefficient(0.0) - 1.43) < 1e-12
 
 
-@pytest.mark.parametrize("rank", [None, 2, 0.9, 0.999])
+@pytest.mark.parametrize("rank", ["svht", 2, 0.9, 0.999])
 def test_rank_mask_matches_pydmd_compute_rank(rank):
     from pydmd.utils import compute_rank
 
@@ -95,7 +95,7 @@ def test_rank_mask_matches_pydmd_compute_rank(rank):
     x = rng.normal(size=(400, 3)) @ np.diag([10.0, 3.0, 1.0]) @ rng.normal(size=(3, 9))
     x = x + 0.01 * rng.normal(size=x.shape)
     s = np.linalg.svd(x, compute_uv=False)
-    ref = compute_rank(x, 0 if rank is None else rank)
+    ref = compute_rank(x, 0 if rank == "svht" else rank)
     mask, r = linalg.rank_mask(jnp.asarray(s), rank=rank, matrix_shape=x.shape)
     assert int(r) == ref
     assert np.all(np.asarray(mask) == (np.arange(s.size) < ref))
@@ -108,12 +108,70 @@ def test_rank_mask_padding_and_noise_floor():
     np.testing.assert_array_equal(np.asarray(mask), [True, True, False, False, False])
 
 
-@pytest.mark.parametrize("bad", [0, -1, 1.0, 1.5, 0.0, True, "3"])
+@pytest.mark.parametrize("bad", [0, -1, 1.0, 1.5, 0.0, True, "3", "auto", [2]])
 def test_validate_rank_rejects(bad):
-    with pytest.raises(ValueError, match="rank"):
+    with pytest.raises((ValueError, TypeError), match="rank"):
         linalg.validate_rank(bad)
 
 
 def test_eigvals_rejects_non_square():
     with pytest.raises(ValueError, match="square"):
         linalg.eigvals(jnp.zeros((2, 3)))
+
+
+def _low_rank_plus_noise(n, m, r, seed, noise=0.05):
+    """``n x m`` increments: ``r`` decaying directions plus isotropic noise."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(n, r)))[0] if r else np.zeros((n, 0))
+    coef = rng.normal(size=(r, m)) * np.linspace(30.0, 10.0, r)[:, None] if r else np.zeros((0, m))
+    return basis @ coef + noise * rng.normal(size=(n, m))
+
+
+@pytest.mark.parametrize("h", range(4, 11))
+def test_default_rank_finds_the_true_rank_of_small_windows(h):
+    """h snapshots -> m = h - 1 increments -> k = h - 2 DMD pairs."""
+    import koopax
+
+    m, k, n = h - 1, h - 2, 4000
+    for r in sorted({1, k // 2, k}):
+        for seed in range(3):
+            x = _low_rank_plus_noise(n, m, r, seed)
+            gram = jnp.asarray(x.T @ x, jnp.float32)
+            red = koopax.dmd.gram_operator(gram, rank=None, num_features=n)
+            assert int(red.rank) == r, (h, r, seed)
+            svht = koopax.dmd.gram_operator(gram, rank="svht", num_features=n)
+            if r == k >= 3:       # the rule it replaces never keeps a full window
+                assert int(svht.rank) < r
+
+
+@pytest.mark.parametrize("h", [4, 6, 10])
+def test_default_rank_sees_no_mode_in_pure_noise(h):
+    import koopax
+
+    for seed in range(5):
+        x = _low_rank_plus_noise(5000, h - 1, 0, seed)
+        red = koopax.dmd.gram_operator(jnp.asarray(x.T @ x, jnp.float32), rank=None,
+                                       num_features=5000)
+        assert int(red.rank) == 0
+
+
+def test_default_rank_keeps_a_slowly_decaying_spectrum():
+    # Training increments: no cluster of equal values, every direction is signal.
+    s = jnp.array([1.0, 0.46, 0.35])
+    threshold = linalg.isotropic_noise_threshold(jnp.array([1.2, 1.0, 0.46, 0.35]),
+                                                 num_rows=20000)
+    assert float(threshold) == 0.0
+    assert int(linalg.rank_mask(s, rank=None, matrix_shape=(20000, 3),
+                                noise_threshold=threshold)[1]) == 3
+
+
+def test_fixed_and_energy_ranks_ignore_the_noise_estimate():
+    import koopax
+
+    x = _low_rank_plus_noise(3000, 6, 1, 0)
+    gram = jnp.asarray(x.T @ x, jnp.float32)
+    assert int(koopax.dmd.gram_operator(gram, rank=3, num_features=3000).rank) == 3
+    s = np.linalg.svd(x[:, :-1], compute_uv=False)
+    energy = np.cumsum(s**2) / np.sum(s**2)
+    expected = int(np.searchsorted(energy, 0.999) + 1)
+    assert int(koopax.dmd.gram_operator(gram, rank=0.999, num_features=3000).rank) == expected

@@ -362,24 +362,214 @@ def test_without_value_nothing_is_rolled_back():
         return optax.apply_updates(p, u), s
 
     tx = optax.chain(optax.adam(1e-2), pdt_lib.pdt(3, num_snapshots=4, snapshot_every=3,
-                                                   start=3, criteria="none"))
+                                                   start=3, criteria="none", rank=1))
     state = tx.init(params)
     for _ in range(30):
         params, state = step(params, state)
-    assert int(state[1].num_jumps) == 6 and int(state[1].num_rollbacks) == 0
+    assert int(state[1].num_predictions) == 6 and int(state[1].num_rollbacks) == 0
+    assert 1 <= int(state[1].num_jumps) <= 6
     assert not bool(state[1].pending)
 
 
 def test_authors_rule():
-    rule = lambda loss, hist, tau, t: pdt_lib._authors_rule(
-        jnp.float32(loss), jnp.asarray(hist, jnp.float32), jnp.int32(2), jnp.int32(tau),
-        jnp.int32(t), 10)
+    rule = lambda loss, hist, tau, t, n=3: pdt_lib.authors_rule(
+        jnp.float32(loss), jnp.asarray(hist, jnp.float32), n, tau, t)[:2]
     assert tuple(map(int, rule(3.0, [1.0, 2.0], 5, 1))) == (3, 1)     # rose over both
     assert tuple(map(int, rule(3.0, [1.0, 2.0], 4, 1))) == (3, 2)
     assert tuple(map(int, rule(3.0, [1.0, 2.0], 3, 1))) == (3, 3)
     assert tuple(map(int, rule(1.5, [2.0, 1.0], 5, 1))) == (4, 1)     # mild rise
     assert tuple(map(int, rule(1.5, [2.0, 1.0], 3, 1))) == (3, 2)
     assert tuple(map(int, rule(0.5, [2.0, 1.0], 5, 1))) == (5, 1)     # fell
+    assert tuple(map(int, rule(3.0, [1.0, 2.0], 5, 1, n=2))) == (5, 1)  # history not full
+    assert tuple(map(int, rule(3.0, [1.0, 2.0], 3, 9))) == (3, 11)    # no cap on the interval
+
+
+def _authors_transcription(losses, *, start, horizon, interval):
+    """The authors' PDT trainer loop with their scheduler, in plain Python.
+
+    Per epoch: whether it predicts and with which horizon, and the interval
+    after the epoch (transcribed from the rule's description: a prediction
+    epoch runs the optimizer epoch, then predicts; the scheduler runs after
+    every epoch on its training loss and skips the first epoch's).
+    """
+    tau, t_i, since, first = horizon, interval, 0, True
+    prev = prev_prev = None
+    out = []
+    for e, loss in enumerate(losses):
+        ready = e >= start
+        predict = False
+        if ready:
+            if first:
+                first, since = False, t_i
+            predict = since >= t_i
+        used = tau
+        if predict:
+            since = 1
+        elif ready:
+            since += 1
+        if e + 1 >= 2:                            # their "fewer than two losses: return"
+            if prev is None:
+                prev = loss
+            elif prev_prev is None:
+                prev_prev, prev = prev, loss
+            else:
+                if loss > prev:
+                    if loss > prev_prev:
+                        if tau > 4:
+                            tau -= 2
+                        elif tau == 4:
+                            tau, t_i = 3, t_i + 1
+                        else:
+                            t_i += 2
+                    elif tau > 3:
+                        tau -= 1
+                    else:
+                        t_i += 1
+                prev_prev, prev = prev, loss
+        out.append((predict, used if predict else None, t_i))
+    return out
+
+
+_SCRIPTS = {
+    "rises": [5, 4, 3, 3.5, 2.5, 2.6, 2, 2.1, 1.5, 1.6, 1.0, 1.1, 0.9, 0.95, 0.9, 0.8],
+    "double_rises": [5, 4, 3, 4, 5, 6, 2, 3, 4, 1, 2, 3, 1, 0.5, 0.6, 0.7],
+    "plateau": [1.0] * 16,
+    "first_epoch_ignored": [0.1, 5, 4, 3.9, 3.8, 3.7, 3.6, 3.5, 3.4, 3.3, 3.2, 3.1, 3, 2.9,
+                            2.8, 2.7],
+    "late_rises": [9, 8, 7, 6, 5, 4, 3, 2, 2.5, 3, 3.5, 1, 1.2, 1.4, 1.6, 1.8],
+}
+
+
+@pytest.mark.parametrize("accepts", ["some", "none"])
+@pytest.mark.parametrize("script", sorted(_SCRIPTS))
+def test_authors_schedule_matches_a_transcription_epoch_by_epoch(script, accepts):
+    losses = _SCRIPTS[script]
+    spe, start, horizon = 2, 3, 5
+    # PDT's own criteria accept some weights; a lower bound of 1e9 accepts none.
+    extra = {} if accepts == "some" else dict(quantity_bounds=(1e9, None))
+    tx = pdt_lib.pdt(horizon, num_snapshots=4, snapshot_every=spe, start=start, rank=1,
+                     rollback=False, authors_schedule=True, **extra)
+    h = jnp.asarray([4.0, 4.0, 4.0])    # one eigenvalue: rank-1 DMD is exact
+    grad = lambda w: h * w
+
+    @jax.jit
+    def step(w, state, value):
+        u, state = tx.update(-0.02 * grad(w), state, w, value=value)
+        return w + u, state
+
+    w, state = jnp.asarray([1.0, -1.0, 0.5]), None
+    state = tx.init(w)
+    got = []
+    for loss in losses:
+        for _ in range(spe - 1):
+            w, state = step(w, state, jnp.float32(loss))
+        tau_before, n_before = int(state.horizon), int(state.num_predictions)
+        w, state = step(w, state, jnp.float32(loss))
+        predicted = int(state.num_predictions) > n_before
+        got.append((predicted, tau_before if predicted else None, int(state.interval)))
+    want = _authors_transcription(losses, start=start, horizon=horizon, interval=1)
+    assert got == want
+    assert int(state.num_nonfinite) == 0
+    jumps = int(state.num_jumps)
+    assert jumps > 0 if accepts == "some" else jumps == 0
+
+
+def _scripted_rollback_run(values, noise_tolerance):
+    """A quadratic under SGD + PDT (every moving weight accepted), ``value`` scripted."""
+    tx = pdt_lib.pdt(3, num_snapshots=4, snapshot_every=len(values[0]), start=3, rank=1,
+                     criteria="none", noise_tolerance=noise_tolerance)
+    h = jnp.asarray([4.0, 4.0, 4.0])    # one eigenvalue: rank-1 DMD is exact
+
+    @jax.jit
+    def step(w, state, value):
+        u, state = tx.update(-0.02 * h * w, state, w, value=value)
+        return w + u, state
+
+    w = jnp.asarray([1.0, -1.0, 0.5])
+    state = tx.init(w)
+    for epoch in values:
+        for v in epoch:
+            w, state = step(w, state, jnp.float32(v))
+    return state
+
+
+def _noisy_improving_losses(seed=0, epochs=14, steps=8, noise=0.3):
+    rng = np.random.default_rng(seed)
+    trend = 1.0 / (1.0 + 0.05 * np.arange(epochs * steps))
+    return (trend + noise * rng.standard_normal(trend.shape) * trend).reshape(epochs, steps)
+
+
+def test_noisy_but_improving_loss_causes_no_rollback():
+    values = _noisy_improving_losses()
+    means = values.mean(axis=1)
+    assert np.any(np.diff(means[4:]) > 0)           # the epoch means are not monotone
+    state = _scripted_rollback_run(values, noise_tolerance=2.0)
+    assert int(state.num_jumps) >= 8 and int(state.num_rollbacks) == 0
+    # A rule blind to the noise rolls these ordinary fluctuations back.
+    blind = _scripted_rollback_run(values, noise_tolerance=0.0)
+    assert int(blind.num_rollbacks) > 0
+
+
+def test_rise_beyond_the_noise_is_rolled_back():
+    values = _noisy_improving_losses(noise=0.05)
+    values[8] += 0.5                      # the epoch after a jump: far beyond its noise
+    state = _scripted_rollback_run(values, noise_tolerance=2.0)
+    assert int(state.num_rollbacks) == 1
+
+
+def test_a_nan_loss_at_every_step_is_judged():
+    values = np.full((12, 2), np.nan)
+    state = _scripted_rollback_run(values, noise_tolerance=2.0)
+    # Every jump is judged (a rise); only the last may still await its verdict.
+    assert int(state.num_jumps) >= 2
+    assert int(state.num_rollbacks) >= int(state.num_jumps) - int(state.pending)
+    tano = baselines.dmd_prediction(3, num_snapshots=4, snapshot_every=2, mode="tano",
+                                    per_leaf=False, rank=1)
+    w, st = jnp.asarray([1.0, -1.0, 0.5]), None
+    st = tano.init(w)
+    for _ in range(24):
+        u, st = tano.update(-0.02 * w, st, w, value=jnp.float32(jnp.nan))
+        w = w + u
+    assert bool(st.stopped) and int(st.num_jumps) == 1
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pdt_lib.pdt(3, num_snapshots=4, snapshot_every=2, start=3),
+    lambda: pdt_lib.pdt(3, num_snapshots=4, snapshot_every=2, start=3, criteria="none"),
+    lambda: baselines.dmd_prediction(3, num_snapshots=4, snapshot_every=2, mode="dogra"),
+    lambda: baselines.dmd_prediction(3, num_snapshots=4, snapshot_every=2, mode="tano"),
+])
+def test_zero_gradients_make_no_jump(make):
+    tx = make()
+    params = {"w": jnp.ones((3,)), "b": jnp.zeros((2,))}
+    state = tx.init(params)
+    for _ in range(30):
+        u, state = tx.update(jax.tree.map(jnp.zeros_like, params), state, params,
+                             value=jnp.float32(1.0))
+        params = optax.apply_updates(params, u)
+    assert int(state.num_jumps) == 0 and float(state.accepted_ratio) == 0.0
+    assert int(state.num_predictions) > 0
+
+
+@pytest.mark.parametrize("mode", ["dogra", "tano"])
+def test_per_leaf_baselines_accept_an_empty_leaf(mode):
+    tx = baselines.dmd_prediction(2, num_snapshots=4, snapshot_every=1, mode=mode)
+    params = {"w": jnp.ones((3,)), "empty": jnp.zeros((0,))}
+    state = tx.init(params)
+    for i in range(8):
+        grads = {"w": 0.1 * params["w"], "empty": jnp.zeros((0,))}
+        u, state = tx.update(jax.tree.map(lambda g: -g, grads), state, params,
+                             value=jnp.float32(1.0 / (i + 1)))
+        params = optax.apply_updates(params, u)
+    assert int(state.num_jumps) >= 1 and params["empty"].shape == (0,)
+    assert bool(jnp.all(jnp.isfinite(params["w"])))
+
+
+def test_vector_value_is_rejected():
+    tx = pdt_lib.pdt(3, num_snapshots=4, snapshot_every=2)
+    params = jnp.ones((3,))
+    with pytest.raises(ValueError, match="value"):
+        tx.update(params, tx.init(params), params, value=jnp.ones((2,)))
 
 
 def test_authors_schedule_runs():
@@ -548,7 +738,12 @@ def test_orbax_round_trip_continues_bit_identically(tmp_path):
     (dict(snapshot_every=0), "snapshot_every"),
     (dict(start=-1), "start"),
     (dict(interval=0), "interval"),
-    (dict(rank=4), "rank"),
+    (dict(rank=5), "rank"),
+    (dict(rank="auto"), "rank"),
+    (dict(noise_tolerance=-1.0), "noise_tolerance"),
+    (dict(noise_tolerance=None), "noise_tolerance"),
+    (dict(fit_on="jumps"), "fit_on"),
+    (dict(interval=None), "interval"),
     (dict(rank=1.5), "rank"),
     (dict(criteria="magic"), "criteria"),
     (dict(quantity_bounds=(2.0, 1.0)), "quantity_bounds"),
