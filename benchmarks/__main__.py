@@ -2,6 +2,9 @@
 
 Runs, in order, :mod:`benchmarks.memory` (state bytes, peak RSS),
 :mod:`benchmarks.overhead` (step-time ratios and their scaling),
+:mod:`benchmarks.pdt_jump` (PDT's per-epoch and jump cost),
+:mod:`benchmarks.peer_pdt` (PDT on the PDT authors' digits setting, with the
+tuned SGD rate),
 :mod:`benchmarks.depth` (the PDT depth study) and
 :mod:`benchmarks.convergence` (every task x base optimizer x method, 5 seeds,
 with the learning-rate sweep), then :mod:`benchmarks.goals`, which reads their
@@ -19,7 +22,8 @@ when one is installed and visible.
 
 Usage::
 
-    python -m benchmarks [--only memory,overhead,depth,convergence] [--quick] [--rerun]
+    python -m benchmarks [--only memory,overhead,pdt_jump,peer_pdt,depth,convergence] [--quick]
+                         [--rerun]
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ import sys
 if __package__ in (None, ""):  # pragma: no cover - `python benchmarks/__main__.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import convergence, default_output_dir, depth, goals, memory, overhead  # noqa: E402,E501
+from benchmarks import (convergence, default_output_dir, depth, goals, memory,  # noqa: E402
+                        overhead, pdt_jump, peer_pdt)
 
-PARTS = ("memory", "overhead", "depth", "convergence")
+PARTS = ("memory", "overhead", "pdt_jump", "peer_pdt", "depth", "convergence")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +65,12 @@ def main(argv=None) -> None:
             memory.main(["--output-dir", out] + common)
         elif part == "overhead":
             overhead.main(["--output-dir", out] + common)
+        elif part == "pdt_jump":
+            pdt_jump.main(["--output-dir", out]
+                          + (["--params", "100000", "--repeats", "3"] if args.quick else []))
+        elif part == "peer_pdt":
+            peer_pdt.main(["--output-dir", os.path.join(out, "peer_pdt")]
+                          + (["--seeds", "1", "--lrs", "0.5"] if args.quick else ["--tune"]))
         elif part == "depth":
             depth.main(["--output-dir", os.path.join(out, "depth")] + rerun
                        + (["--quick", "--seeds", "1"] if args.quick else []))

@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # pragma: no cover
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import koopax  # noqa: E402
-from koopax import tree_math  # noqa: E402
+from koopax import snapshots, tree_math  # noqa: E402
 
 
 def make_params(num_params, seed=0):
@@ -99,7 +99,10 @@ def measure(num_params, repeats, steps=10, num_snapshots=6):
     jumps_before = count(state)
     window = state[1].windows[0]
     coef = jnp.full((num_snapshots - 2,), 0.1, jnp.float32)
-    one_pass = jax.jit(lambda w: tree_math.tree_combination(w.increments[:-1], coef, w.last))
+    if isinstance(window, snapshots.RingWindow):
+        one_pass = jax.jit(lambda w: snapshots.ring_combination(w, coef, w.last))
+    else:        # the shift register of koopax <= 0.1 (for A/B runs against it)
+        one_pass = jax.jit(lambda w: tree_math.tree_combination(w.increments[:-1], coef, w.last))
     fns = {
         "sgd": (lambda: (_copy(params), sgd.init(params)), run_sgd),
         "pdt_no_prediction": (lambda: (_copy(params), _copy(fresh)), run_pdt),

@@ -597,7 +597,7 @@ def main(argv=None) -> dict[str, Any]:
     print()
     print(f"{args.dataset} / {args.model} / {args.optimizer} lr={args.lr} "
           f"batch={args.batch_size} epochs={args.epochs} seeds={args.seeds} "
-          f"steps/epoch={results['steps_per_epoch']} alpha={args.alpha} "
+          f"steps/epoch={results['steps_per_epoch']} kga: alpha={args.alpha} "
           f"num_snapshots={args.num_snapshots}")
     print("target = base's best epoch-mean train loss per seed; medians over seeds; "
           "times exclude compilation")

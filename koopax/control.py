@@ -20,6 +20,13 @@ def maybe_apply(pred, fn, operand):
     ``fn`` must return a pytree of the same structure, shapes and dtypes as
     ``operand``. Everything the body reads should be in ``operand``: a large
     array captured by the closure and live afterwards is copied into the loop.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from koopax.control import maybe_apply
+      >>> double = jax.jit(lambda pred, x: maybe_apply(pred, lambda y: 2 * y, x))
+      >>> double(True, jnp.arange(3)).tolist(), double(False, jnp.arange(3)).tolist()
+      ([0, 2, 4], [0, 1, 2])
     """
     return jax.lax.fori_loop(0, jnp.asarray(pred, jnp.int32), lambda _, x: fn(x), operand)
 
@@ -32,6 +39,16 @@ def maybe_record(pred, record, state, params):
     every step (a 0-trip loop included), and everything a snapshot derives
     from the parameters alone (a finiteness check, a cast) would be invariant.
     The tie costs one elementwise pass, on snapshot steps only.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax.control import maybe_record
+      >>> record = lambda total, params: total + params["w"].sum()
+      >>> params = {"w": jnp.array([1.0, 2.0])}
+      >>> float(maybe_record(True, record, jnp.float32(10.0), params))
+      13.0
+      >>> float(maybe_record(False, record, jnp.float32(10.0), params))
+      10.0
     """
     def body(i, carry):
         st, p = carry

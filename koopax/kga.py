@@ -4,7 +4,7 @@ Every ``snapshot_every`` steps the weights are recorded and a DMD of the last
 weight increments is refreshed (see :mod:`koopax.snapshots`). At every step the
 base optimizer's update ``u`` is projected on the DMD basis ``U`` and its
 components along the *stable* Koopman modes (``|lambda| < 1 - epsilon``:
-slowly decaying transients that slow convergence down) are amplified:
+slowly decaying transients that slow convergence down) are amplified::
 
     u' = u + s * U (A~ P_s) U^T u,     s = min(alpha, (max_gain - 1) / |A~ P_s|_2)
 
@@ -273,7 +273,7 @@ def kga(
     snapshot_every: int = 100,
     refresh_every: int | None = 1,
     epsilon: jax.typing.ArrayLike = 1e-2,
-    rank: int | float | None = None,
+    rank: int | float | str | None = "svht",
     efficient: bool = False,
     snapshot_dtype=None,
     max_gain: jax.typing.ArrayLike = 10.0,
@@ -299,9 +299,16 @@ def kga(
         principal directions of the latest increments (streaming POD);
         ``None`` fixes the basis once filled, as in the paper.
       epsilon: half-width of the neutral band ``1 - eps <= |lambda| <= 1 + eps``.
-      rank: DMD rank policy (:func:`koopax.linalg.rank_mask`): ``None`` every
-        mode above the window's isotropic noise, ``'svht'`` Gavish–Donoho, an
-        int fixes it, a float in (0, 1) keeps that fraction of energy. With ``efficient=True`` an int
+      rank: DMD rank policy (:func:`koopax.linalg.rank_mask`): ``'svht'``
+        (default here: Gavish–Donoho, in practice the one or two dominant
+        slow modes), ``None`` every mode above the window's isotropic noise
+        (the default of PDT and the DMD functions), an int fixes it, a float
+        in (0, 1) keeps that fraction of energy. KGA amplifies every stable
+        mode it keeps, and the extra, noisier modes of the whole window cost
+        more than they bring: over the 12 MLP/CNN convergence runs (alpha 2,
+        h 4, 5 seeds) ``'svht'`` reaches the base's best loss in a median
+        0.70x its epochs (12/12 runs), ``None`` in 0.75x (10/12; better on
+        MNIST-1D, worse on digits and the z = x^2 + y^2 quadratic). With ``efficient=True`` an int
         also sets the basis size (default ``h - 2``).
       efficient: Efficient-KGA: store an orthonormal basis (``basis_size``
         directions) and the increments' coordinates instead of the increments.
@@ -324,6 +331,29 @@ def kga(
       event (a non-finite *base* update passes through unchanged, as it would
       without koopax; wrap the chain in ``optax.apply_if_finite`` to skip it).
       Under ``vmap`` the ``lax.cond`` gates evaluate both branches.
+
+    Examples:
+      SGD on ``0.5 |w|^2`` (gradient ``w``, learning rate 0.1) moves the weights
+      by ``w_{t+1} = 0.9 w_t``: one stable Koopman mode, ``lambda = 0.9``. Once
+      the window of ``num_snapshots = 4`` snapshots is full (step 3), KGA
+      multiplies the update along it by ``1 + alpha lambda = 1.9``:
+
+      >>> import jax, jax.numpy as jnp, optax, koopax
+      >>> tx = optax.chain(optax.sgd(0.1), koopax.kga(1.0, num_snapshots=4, snapshot_every=1))
+      >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> state = tx.init(params)
+      >>> update = jax.jit(tx.update)
+      >>> for step in range(4):
+      ...     updates, state = update(params, state, params)
+      ...     print(step, round(float(updates["w"][1] / (-0.1 * params["w"][1])), 3))
+      ...     params = optax.apply_updates(params, updates)
+      0 1.0
+      1 1.0
+      2 1.0
+      3 1.9
+      >>> kga_state = state[1]
+      >>> round(float(kga_state.eigenvalues[0].real), 3), int(kga_state.num_stable)
+      (0.9, 1)
 
     References:
       Anonymous, *Dynamic Training Guided by Training Dynamics*, OpenReview

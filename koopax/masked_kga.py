@@ -1,6 +1,6 @@
 """KGA restricted to the weights a mask keeps, on compact vectors: ``kga(..., mask=...)``.
 
-The update is KGA's (see :mod:`koopax.kga`) on the kept weights ``I`` only:
+The update is KGA's (see :mod:`koopax.kga`) on the kept weights ``I`` only::
 
     u'_I = u_I + s X_I K X_I^T u_I,     u'_j = u_j  for j not in I,
 

@@ -13,7 +13,7 @@ the last ``m`` increments ``d_i = w_{i+1} - w_i`` and their Gram matrix):
   ``d_i ~ sum_k lambda_k^i b_k phi_k`` (``i = 0`` the oldest increment in the
   window), the increments' DMD has the fixed point removed, so the paper's
   non-neutral contribution to the weight trajectory is recovered per mode as
-  ``w_i - w* = sum_k lambda_k^i b_k / (lambda_k - 1) phi_k``. The score is
+  ``w_i - w* = sum_k lambda_k^i b_k / (lambda_k - 1) phi_k``. The score is::
 
       S_{i,j} = | Re sum_{k non-neutral} lambda_k^i b_k / (1 - lambda_k) phi_{k,j} |,
 
@@ -163,6 +163,14 @@ def norm(threshold, *, capacity=1.0, start=None, every=1) -> Mask:
         room for every weight (no saving, no overflow).
       start: snapshots before the first decision (None: when the window fills).
       every: snapshots between decisions.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import masks
+      >>> inputs = masks.MaskInputs(params={"w": jnp.array([0.05, -0.5, 2.0])},
+      ...                           increments=(), gram=jnp.zeros((0, 0)))
+      >>> masks.norm(0.1).exclude(inputs)["w"].tolist()
+      [True, False, False]
     """
     _check_threshold("threshold", threshold)
     _check_common(None, capacity, start, every)
@@ -181,6 +189,19 @@ def delta(threshold, window=5, *, capacity=1.0, start=None, every=1) -> Mask:
       threshold: finite number >= 0 (``0`` excludes nothing).
       window: int >= 1, the number of trailing increments that must all be small.
       capacity, start, every: as in :func:`norm`.
+
+    Examples:
+      Weight 0 moved less than ``1e-3`` in both increments, weights 1 and 2 in
+      one of them only:
+
+      >>> import jax.numpy as jnp
+      >>> from koopax import masks
+      >>> increments = ({"w": jnp.array([1e-4, 1e-4, 0.3])}, {"w": jnp.array([1e-4, 0.2, 1e-4])})
+      >>> inputs = masks.MaskInputs(params={"w": jnp.ones(3)}, increments=increments,
+      ...                           gram=jnp.zeros((2, 2)))
+      >>> mask = masks.delta(1e-3, window=2)
+      >>> mask.exclude(inputs)["w"].tolist(), mask.min_snapshots
+      ([True, False, False], 3)
     """
     _check_threshold("threshold", threshold)
     _check_common(window, capacity, start, every)
@@ -280,6 +301,19 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
         learning rate); the relative one does not. On re-evaluation in compact
         mode the reference is the rms over the weights still kept.
       capacity, start, every: as in :func:`norm`.
+
+    Examples:
+      The increments of weight 0 decay geometrically (``lambda = 0.5``: it
+      still has ``0.5 + 0.25 + ... = 1`` to go from the oldest scored
+      snapshot), weight 1 never moves; KWM excludes weight 1 only:
+
+      >>> import jax, jax.numpy as jnp
+      >>> from koopax import masks
+      >>> d = jnp.array([[0.5 ** i, 0.0] for i in range(5)])  # d_0, ..., d_4
+      >>> inputs = masks.MaskInputs(params={"w": jnp.ones(2)},
+      ...                           increments=tuple({"w": row} for row in d), gram=d @ d.T)
+      >>> jax.jit(masks.kwm(1e-3).exclude)(inputs)["w"].tolist()
+      [False, True]
     """
     _check_threshold("epsilon", epsilon)
     _check_common(window, capacity, start, every)
@@ -311,7 +345,19 @@ def init(params):
 
 
 def update(mask: Mask, excluded, inputs: MaskInputs):
-    """Monotone update ``excluded | mask.exclude(inputs)``: the excluded set only grows."""
+    """Monotone update ``excluded | mask.exclude(inputs)``: the excluded set only grows.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import masks
+      >>> excluded = masks.init({"w": jnp.zeros(3)})
+      >>> for w in ([0.05, 0.5, 2.0], [0.5, 0.05, 2.0]):
+      ...     inputs = masks.MaskInputs({"w": jnp.array(w)}, (), jnp.zeros((0, 0)))
+      ...     excluded = masks.update(masks.norm(0.1), excluded, inputs)
+      ...     print(excluded["w"].tolist())
+      [True, False, False]
+      [True, True, False]
+    """
     if not isinstance(mask, Mask):
         raise ValueError(f"mask must be a koopax.masks.Mask; got {type(mask).__name__}.")
     return jax.tree.map(jnp.logical_or, excluded, mask.exclude(inputs))
@@ -323,7 +369,17 @@ def update(mask: Mask, excluded, inputs: MaskInputs):
 
 
 def leaf_capacities(capacity, params) -> tuple:
-    """Static per-leaf slot counts for ``capacity`` (see the module docstring)."""
+    """Static per-leaf slot counts for ``capacity`` (see the module docstring).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import masks
+      >>> params = {"a": jnp.zeros(1000), "b": jnp.zeros(100)}
+      >>> masks.leaf_capacities(0.1, params)  # ceil(0.1 n), up to a multiple of 128, <= n
+      (128, 100)
+      >>> masks.leaf_capacities(550, params)  # an int: the same fraction 550 / 1100 per leaf
+      (512, 100)
+    """
     validate_capacity(capacity)
     sizes = [int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(params)]
     total = sum(sizes)
@@ -387,6 +443,16 @@ def compact_indices(keep, capacities):
       the int32 number of weights that fit and
       the number the criterion kept (their difference is the overflow; the
       first kept weights of a leaf in raveled order fit).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import masks
+      >>> keep = {"w": jnp.array([True, False, True, True])}
+      >>> indices, num_kept, num_wanted = masks.compact_indices(keep, (2,))
+      >>> indices[0].tolist(), int(num_kept), int(num_wanted)  # room for 2 of 3
+      ([0, 2], 2, 3)
+      >>> masks.compact_indices(keep, (4,))[0][0].tolist()  # padding: 4, out of range
+      [0, 2, 3, 4]
     """
     leaves = jax.tree.leaves(keep)
     if len(leaves) != len(capacities):
@@ -433,6 +499,13 @@ def gather(tree, indices, *, padding="zero"):
 
     ``padding="zero"`` reads 0 at padding slots; ``"any"`` leaves them
     unspecified (one pass less; for products with vectors that are 0 there).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import masks
+      >>> indices = (jnp.array([1, 3, 4], jnp.int32),)  # 4 is padding
+      >>> masks.gather({"w": jnp.array([10.0, 20.0, 30.0, 40.0])}, indices)[0].tolist()
+      [20.0, 40.0, 0.0]
     """
     modes = {"zero": "fill", "any": "clip"}
     if padding not in modes:
@@ -443,7 +516,16 @@ def gather(tree, indices, *, padding="zero"):
 
 
 def scatter_add(tree, indices, compact):
-    """``tree`` with ``compact`` added at ``indices`` (padding dropped)."""
+    """``tree`` with ``compact`` added at ``indices`` (padding dropped).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import masks
+      >>> indices = (jnp.array([1, 3, 4], jnp.int32),)  # 4 is padding
+      >>> tree = {"w": jnp.array([10.0, 20.0, 30.0, 40.0])}
+      >>> masks.scatter_add(tree, indices, (jnp.array([1.0, 2.0, 99.0]),))["w"].tolist()
+      [10.0, 21.0, 30.0, 42.0]
+    """
     dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
                                            scatter_dims_to_operand_dims=(0,))
     leaves, treedef = jax.tree.flatten(tree)
@@ -456,7 +538,15 @@ def scatter_add(tree, indices, compact):
 
 
 def kept(indices, params):
-    """Bool pytree shaped like ``params``: True where a weight is in ``indices``."""
+    """Bool pytree shaped like ``params``: True where a weight is in ``indices``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import masks
+      >>> indices = (jnp.array([1, 3, 4], jnp.int32),)  # 4 is padding
+      >>> masks.kept(indices, {"w": jnp.zeros(4)})["w"].tolist()
+      [False, True, False, True]
+    """
     leaves, treedef = jax.tree.flatten(params)
     out = [
         jnp.zeros(x.size, bool).at[i].set(True, mode="drop").reshape(jnp.shape(x))

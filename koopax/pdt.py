@@ -6,7 +6,7 @@ recorded at the start of every epoch into a window of increments (see
 ``w_ref`` the newest snapshot (this epoch's start), ``w_sgd = params + u`` the
 weights the base update ``u`` of this step leads to, and ``d`` the DMD
 prediction of the move ``tau`` snapshots ahead of ``w_ref``
-(:mod:`koopax.prediction`, Gram closed form ``d = X c``):
+(:mod:`koopax.prediction`, Gram closed form ``d = X c``)::
 
     g = w_sgd - w_ref                                  (one epoch of the optimizer)
     direction_j: sign(d_j) == sign(g_j)                (dynamic consistency)
@@ -28,7 +28,7 @@ value=loss)`` does). At a jump the state keeps ``w_sgd``, the mean ``L_pre`` of
 ``value`` over the epoch that ends with the jump and its standard error
 ``e_pre`` (the spread of ``value`` within the epoch over ``sqrt(count)``). At
 the end of the next epoch its mean ``L_post`` (standard error ``e_post``) is
-judged: the jump is bad when
+judged: the jump is bad when::
 
     L_post - L_pre > max(tolerance |L_pre|, noise_tolerance sqrt(e_pre^2 + e_post^2))
 
@@ -104,7 +104,8 @@ class PDTState(NamedTuple):
       count: int32, update calls so far (restore steps included).
       phase: int32, step within the current epoch (``0`` records a snapshot).
       epoch: int32, epochs completed.
-      windows: tuple of increment windows, one per DMD group (the whole
+      windows: tuple of increment windows
+        (:class:`koopax.snapshots.RingWindow`), one per DMD group (the whole
         parameter tree, or one per leaf for per-layer DMD).
       snapshot_fresh: bool, this epoch's start snapshot was recorded.
       epochs_since_prediction: int32, epochs completed since the last
@@ -214,23 +215,6 @@ def restore_updates(params, saved, updates):
     oks = jax.tree.leaves(oks)
     done = jnp.stack(oks).all() if oks else jnp.array(True)
     return new, done
-
-
-def _pop(window: snapshots.IncrementWindow) -> snapshots.IncrementWindow:
-    """Removes the newest snapshot from a window (inverse of ``push``)."""
-    newest = window.increments[-1]
-
-    def back(last, d):
-        dt = tree_math.accumulation_dtype(jnp.result_type(last, d))
-        return (last.astype(dt) - d.astype(dt)).astype(last.dtype)
-
-    last = jax.tree.map(back, window.last, newest)
-    zeros = jax.tree.map(jnp.zeros_like, newest)
-    m = len(window.increments)
-    gram = jnp.zeros((m, m), window.gram.dtype).at[1:, 1:].set(window.gram[:-1, :-1])
-    # A full window lost its oldest increment at the push: m - 1 remain.
-    count = jnp.maximum(jnp.minimum(window.num_snapshots - 1, m), 0)
-    return snapshots.IncrementWindow(last, (zeros,) + window.increments[:-1], gram, count)
 
 
 def authors_rule(loss, history, num_losses, horizon, interval):
@@ -370,7 +354,7 @@ def _init(cfg: EngineConfig, params) -> PDTState:
     f32 = lambda v: jnp.asarray(v, jnp.float32)
     return PDTState(
         count=i32(0), phase=i32(0), epoch=i32(0),
-        windows=tuple(snapshots.init_window(g, m) for g in groups),
+        windows=tuple(snapshots.init_ring(g, m) for g in groups),
         snapshot_fresh=jnp.asarray(False),
         epochs_since_prediction=i32(_NEVER), interval=i32(cfg.interval),
         horizon=i32(cfg.horizon), loss_mean=f32(0.0), loss_m2=f32(0.0), loss_count=i32(0),
@@ -489,7 +473,7 @@ def _rollback(cfg: EngineConfig, state: PDTState, updates, windows, params):
     if cfg.fit_on == "optimizer":      # the newest increment is w_sgd - w_ref: keep it out
         windows = tuple(w._replace(last=jax.tree.map(lambda s, l: s.astype(l.dtype), g, w.last))
                         for w, g in zip(windows, cfg.split(state.saved)))
-    popped = tuple(_pop(w) for w in windows)
+    popped = tuple(snapshots.ring_pop(w) for w in windows)
     can_pop = windows[0].num_snapshots > state.snapshots_at_jump
     windows = jax.tree.map(lambda a, b: jnp.where(can_pop, a, b), popped, windows)
     return upd, windows, ~done
@@ -508,7 +492,7 @@ def _epoch_end(cfg: EngineConfig, updates, state: PDTState, params, use_value: b
                              jnp.where(judged & ~failed,
                                        jnp.maximum(interval - 1, cfg.min_interval), interval))
     since = jnp.minimum(state.epochs_since_prediction + 1, _NEVER)
-    full = jnp.stack([snapshots.is_full(w) for w in state.windows]).all()
+    full = jnp.stack([snapshots.ring_is_full(w) for w in state.windows]).all()
     predict = (~do_rollback & ~stopped & (state.epoch >= cfg.start) & full
                & state.snapshot_fresh & (since >= interval))
 
@@ -568,26 +552,34 @@ def _epoch_end(cfg: EngineConfig, updates, state: PDTState, params, use_value: b
 def _record(cfg: EngineConfig, state: PDTState, params) -> PDTState:
     """Start of an epoch: push the snapshot into every window if it is finite."""
     ok = tree_math.tree_all_finite(params)
-    pushed = tuple(snapshots.push(w, g) for w, g in zip(state.windows, cfg.split(params)))
-    windows = jax.tree.map(lambda a, b: jnp.where(ok, a, b), pushed, state.windows)
+
+    def push(windows, p):
+        return tuple(snapshots.ring_push(w, g) for w, g in zip(windows, cfg.split(p)))
+
+    windows = control.maybe_record(ok, push, state.windows, params)
     return state._replace(windows=windows, snapshot_fresh=ok,
                           num_nonfinite=state.num_nonfinite + (~ok).astype(jnp.int32))
 
 
 def _normal_step(cfg: EngineConfig, updates, state: PDTState, params, value):
-    phase0 = (state.phase == 0) & ~state.stopped
+    """A training step: snapshot on an epoch's first step, verdict/jump on its last."""
+    record = (state.phase == 0) & ~state.stopped
     state = state._replace(snapshot_fresh=jnp.where(state.phase == 0, False,
                                                     state.snapshot_fresh))
-    state = control.maybe_record(phase0, lambda s, p: _record(cfg, s, p), state, params)
     if value is not None:
         state = _track_loss(state, value)
+    end = state.phase + 1 == cfg.snapshot_every
     state = state._replace(phase=state.phase + 1)
-    end = state.phase == cfg.snapshot_every
 
-    def finish(carry, p):
-        return _epoch_end(cfg, carry[0], carry[1], p, value is not None)
+    def boundary(carry, p):
+        # One gated region per step: two in sequence, each carrying the window,
+        # made XLA copy the window between them on every step.
+        u, s = carry
+        s = control.maybe_record(record, lambda s_, p_: _record(cfg, s_, p_), s, p)
+        return control.maybe_record(
+            end, lambda c, p_: _epoch_end(cfg, c[0], c[1], p_, value is not None), (u, s), p)
 
-    updates, state = control.maybe_record(end, finish, (updates, state), params)
+    updates, state = control.maybe_record(record | end, boundary, (updates, state), params)
     return updates, state._replace(count=optax.safe_increment(state.count))
 
 

@@ -144,9 +144,14 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
                                   red.rank, finite)
 
 
-def predicted_displacement(window: snapshots.IncrementWindow, horizon: int, *, rank=None,
-                           rcond=None, active_horizon=None) -> tuple[Any, PredictionCoefficients]:
+def predicted_displacement(window, horizon: int, *, rank=None, rcond=None,
+                           active_horizon=None) -> tuple[Any, PredictionCoefficients]:
     """``w_pred - w`` for the newest snapshot ``w = window.last``, ``tau`` ahead.
+
+    Args:
+      window: a :class:`koopax.snapshots.IncrementWindow` or
+        :class:`koopax.snapshots.RingWindow`.
+      horizon, rank, rcond, active_horizon: as :func:`prediction_coefficients`.
 
     Returns ``(displacement, info)``: the displacement is a pytree shaped like
     the snapshots with leaves in float32 (at least), ``info`` the
@@ -154,7 +159,8 @@ def predicted_displacement(window: snapshots.IncrementWindow, horizon: int, *, r
     (:func:`koopax.snapshots.is_full`); callers check ``info.finite`` and the
     displacement's finiteness before using it.
     """
-    m = len(window.increments)
+    ring = isinstance(window, snapshots.RingWindow)
+    m = window.gram.shape[0]
     if m < 2:
         raise ValueError(f"window: need at least 2 increments for one DMD pair; got {m}.")
     num_features = tree_math.tree_size(window.last)
@@ -163,9 +169,12 @@ def predicted_displacement(window: snapshots.IncrementWindow, horizon: int, *, r
                                       jnp.zeros((m - 1,), jnp.complex64),
                                       jnp.zeros((), jnp.int32), jnp.asarray(True))
     else:
-        info = prediction_coefficients(window.gram, horizon, num_features=num_features,
+        gram = snapshots.ring_gram(window) if ring else window.gram
+        info = prediction_coefficients(gram, horizon, num_features=num_features,
                                        rank=rank, rcond=rcond, active_horizon=active_horizon)
     like = jax.tree.map(
         lambda x: jnp.zeros(x.shape, tree_math.accumulation_dtype(x.dtype)), window.last)
+    if ring:
+        return snapshots.ring_combination(window, info.coefficients, like), info
     displacement = tree_math.tree_combination(window.increments[:-1], info.coefficients, like)
     return displacement, info

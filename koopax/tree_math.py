@@ -27,12 +27,26 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def accumulation_dtype(dtype) -> jnp.dtype:
-    """The dtype koopax accumulates inner products in: at least float32."""
+    """The dtype koopax accumulates inner products in: at least float32.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> tree_math.accumulation_dtype(jnp.bfloat16), tree_math.accumulation_dtype(jnp.float64)
+      (dtype('float32'), dtype('float64'))
+    """
     return jnp.promote_types(jnp.dtype(dtype), jnp.float32)
 
 
 def tree_size(tree) -> int:
-    """Total number of scalar entries in ``tree`` (static)."""
+    """Total number of scalar entries in ``tree`` (static).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> tree_math.tree_size({"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)})
+      9
+    """
     return int(sum(np.prod(np.shape(x), dtype=np.int64) for x in jax.tree.leaves(tree)))
 
 
@@ -41,6 +55,14 @@ def tree_vdot(a, b) -> jax.Array:
 
     Written as an elementwise product and a full reduction (no reshape), so
     that it works on arrays with explicit shardings.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> a = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(3.0)}
+      >>> b = {"w": jnp.array([4.0, 5.0]), "b": jnp.array(-1.0)}
+      >>> float(tree_math.tree_vdot(a, b))  # 1 * 4 + 2 * 5 + 3 * (-1)
+      11.0
     """
     parts = []
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -50,7 +72,16 @@ def tree_vdot(a, b) -> jax.Array:
 
 
 def tree_inner_products(columns: Sequence, vector) -> jax.Array:
-    """``X^T v`` for a list of pytree columns ``X`` and a pytree ``v``: shape (m,)."""
+    """``X^T v`` for a list of pytree columns ``X`` and a pytree ``v``: shape (m,).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> a = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(3.0)}
+      >>> b = {"w": jnp.array([4.0, 5.0]), "b": jnp.array(-1.0)}
+      >>> tree_math.tree_inner_products([a, b], a).tolist()  # [<a, a>, <b, a>]
+      [14.0, 11.0]
+    """
     return jnp.stack([tree_vdot(c, vector) for c in columns])
 
 
@@ -58,6 +89,15 @@ def tree_combination(columns: Sequence, coefficients: jax.Array, like):
     """``X c = sum_i c_i x_i`` as a pytree with the dtypes of ``like``.
 
     The sum is accumulated in float32 (at least) and cast once at the end.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> a = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(3.0)}
+      >>> b = {"w": jnp.array([4.0, 5.0]), "b": jnp.array(-1.0)}
+      >>> c = tree_math.tree_combination([a, b], jnp.array([2.0, -1.0]), like=a)  # 2 a - b
+      >>> c["w"].tolist(), float(c["b"])
+      ([-2.0, -1.0], 7.0)
     """
     def combine(ref, *leaves):
         dt = accumulation_dtype(ref.dtype)
@@ -74,6 +114,13 @@ def stacked_gram(stacked) -> jax.Array:
 
     Each leaf of shape ``(h, *s)`` contributes ``L L^T`` with ``L`` its
     ``(h, prod(s))`` reshape; the result is the ``(h, h)`` sum over leaves.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> stacked = {"w": jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])}  # 3 snapshots
+      >>> tree_math.stacked_gram(stacked).tolist()
+      [[1.0, 1.0, 0.0], [1.0, 2.0, 2.0], [0.0, 2.0, 4.0]]
     """
     leaves = jax.tree.leaves(stacked)
     if not leaves:
@@ -95,10 +142,18 @@ def stacked_gram(stacked) -> jax.Array:
 
 
 def stacked_combination(stacked, coefficients: jax.Array):
-    """``sum_i coefficients[i, k] w_i`` for every k: leaves of shape (k, *s).
+    """``sum_i coefficients[i, k] w_i`` for every k: leaves of shape ``(k, *s)``.
 
     ``stacked`` has leaves ``(h, *s)``, ``coefficients`` is ``(h, k)`` (real or
     complex); the result carries the new index ``k`` first.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> stacked = {"w": jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])}  # 3 snapshots
+      >>> coefficients = jnp.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5]])  # w_0 - w_1, w_2 / 2
+      >>> tree_math.stacked_combination(stacked, coefficients)["w"].tolist()
+      [[0.0, -1.0], [0.0, 1.0]]
     """
     def combine(leaf):
         dt = jnp.promote_types(accumulation_dtype(leaf.dtype), coefficients.dtype)
@@ -109,7 +164,16 @@ def stacked_combination(stacked, coefficients: jax.Array):
 
 
 def tree_all_finite(tree) -> jax.Array:
-    """Scalar bool: every entry of every leaf is finite."""
+    """Scalar bool: every entry of every leaf is finite.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> bool(tree_math.tree_all_finite({"w": jnp.ones(2), "b": jnp.zeros(())}))
+      True
+      >>> bool(tree_math.tree_all_finite({"w": jnp.array([1.0, jnp.nan])}))
+      False
+    """
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.array(True)

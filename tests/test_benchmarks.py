@@ -1,4 +1,4 @@
-"""Smoke tests of the benchmark scripts ``benchmarks/overhead.py`` and ``benchmarks/memory.py``.
+"""Smoke tests of the benchmark scripts (overhead, memory, peer_pdt, pdt_jump).
 
 Each script runs once (``--quick --no-plots``, shrunk further where the option
 exists) into a temporary directory; the tests read the JSON it writes. No
@@ -209,3 +209,29 @@ def test_quick_runs_never_write_to_the_published_results():
         assert script.parse_args(["--quick", "--output-dir", "x"]).output_dir == "x"
     assert default_output_dir(True, "convergence") == f"{QUICK_DIR}/convergence".replace(
         "/", os.sep)
+
+
+def test_peer_pdt_runs_the_authors_setting(tmp_path):
+    from benchmarks import peer_pdt
+
+    results = peer_pdt.main(["--lrs", "0.5", "--seeds", "1", "--epochs", "8",
+                             "--methods", "pdt,pdt_svht", "--output-dir", str(tmp_path)])
+    summary = results["0.5"]["summary"]
+    assert set(summary) == {"sgd", "pdt", "pdt_svht"}
+    assert summary["sgd"]["epochs_ratio_median"] == 1.0
+    run = results["0.5"]["runs"]["pdt"][0]
+    assert len(run["losses"]) == 8 and all(math.isfinite(v) for v in run["losses"])
+    # 22 steps per epoch (1437 training digits, batch 64, last batch dropped); the
+    # window (6 snapshots) is full at epoch 5: jumps at the ends of epochs 5, 6, 7.
+    assert run["diagnostics"]["num_jumps"] == 3
+    assert (tmp_path / "peer_pdt.md").read_text().count("| pdt") == 2
+
+
+def test_pdt_jump_measures_a_predicting_epoch(tmp_path):
+    from benchmarks import pdt_jump
+
+    (row,) = pdt_jump.main(["--params", "20000", "--repeats", "2", "--steps", "3",
+                            "--output-dir", str(tmp_path)])
+    assert set(row["seconds"]) == {"sgd", "pdt_no_prediction", "pdt_jump", "pass"}
+    assert all(v > 0 and math.isfinite(v) for v in row["seconds"].values())
+    assert json.loads((tmp_path / "pdt_jump.json").read_text())[0]["num_params"] == 4 * 4 * 1024

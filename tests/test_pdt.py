@@ -306,7 +306,7 @@ def test_jump_that_raises_the_loss_is_rolled_back_bit_for_bit(bump):
     assert _tree_bits_equal(params, saved)
     assert int(state[1].interval) == 2
     # The window forgot the jumped snapshot (and, being full, its oldest one).
-    assert int(snapshots.num_increments(state[1].windows[0])) == 2
+    assert int(state[1].windows[0].num_valid) == 2
     # The base optimizer's state was left alone: finite, one count per update call.
     adam_state = state[0][0]
     assert int(adam_state.count) == calls
@@ -342,14 +342,37 @@ def test_two_step_restore_inside_training():
 def test_pop_inverts_push():
     rng = np.random.RandomState(0)
     tree = {"a": jnp.asarray(rng.randn(5), jnp.float32)}
-    window = snapshots.init_window(tree, 3)
+    ring = snapshots.init_ring(tree, 3)
     seq = [jax.tree.map(lambda x: x + 0.1 * i * (i + 1), tree) for i in range(5)]
     for t in seq[:4]:
-        window = snapshots.push(window, t)
-    popped = pdt_lib._pop(snapshots.push(window, seq[4]))
-    np.testing.assert_allclose(popped.last["a"], window.last["a"], atol=1e-6)
-    np.testing.assert_allclose(popped.gram[1:, 1:], window.gram[1:, 1:], rtol=1e-6)
-    assert int(snapshots.num_increments(popped)) == 2
+        ring = snapshots.ring_push(ring, t)
+    popped = snapshots.ring_pop(snapshots.ring_push(ring, seq[4]))
+    np.testing.assert_allclose(popped.last["a"], ring.last["a"], atol=1e-6)
+    # The two newest increments survive, in time order; the oldest was overwritten.
+    np.testing.assert_allclose(snapshots.ring_gram(popped)[1:, 1:],
+                               snapshots.ring_gram(ring)[1:, 1:], rtol=1e-6)
+    assert int(popped.num_valid) == 2 and not bool(snapshots.ring_is_full(popped))
+    again = snapshots.ring_push(popped, seq[4])
+    assert bool(snapshots.ring_is_full(again))
+
+
+def test_ring_window_matches_the_shift_register():
+    rng = np.random.RandomState(1)
+    tree = {"a": jnp.asarray(rng.randn(7), jnp.float32), "b": jnp.asarray(rng.randn(2, 3))}
+    ring, shift = snapshots.init_ring(tree, 4), snapshots.init_window(tree, 4)
+    coef = jnp.asarray([0.5, -1.0, 2.0])
+    like = jax.tree.map(jnp.zeros_like, tree)
+    for i in range(9):
+        w = jax.tree.map(lambda x: x * (0.8 ** i) + 0.01 * i, tree)
+        ring, shift = snapshots.ring_push(ring, w), snapshots.push(shift, w)
+        assert bool(snapshots.ring_is_full(ring)) == bool(snapshots.is_full(shift))
+        if snapshots.is_full(shift):
+            np.testing.assert_allclose(snapshots.ring_gram(ring), shift.gram, rtol=1e-5,
+                                       atol=1e-7)
+            got = snapshots.ring_combination(ring, coef, like)
+            want = tree_math.tree_combination(shift.increments[:3], coef, like)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_without_value_nothing_is_rolled_back():
