@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from koopax import linalg, tree_math
+from koopax import linalg, tree_math, validation
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -226,8 +226,12 @@ def exact_dmd(snapshots, *, rank=None, rcond=None) -> DMD:
     ``jit`` on CPU, GPU and TPU.
     """
     linalg.validate_rank(rank)
-    if rcond is not None and not 0.0 <= rcond < 1.0:
-        raise ValueError(f"rcond must lie in [0, 1); got {rcond}.")
+    validation.optional_fraction(rcond, "rcond")
+    if isinstance(snapshots, (list, tuple)) and not hasattr(snapshots, "_fields"):
+        raise TypeError(
+            "snapshots: a list or tuple is ambiguous (a sequence of snapshots, or a pytree "
+            "whose leaves carry the snapshot axis): pass jnp.stack(snapshots) for the "
+            "first, a dict or NamedTuple for the second.")
     h = _num_snapshots(snapshots)
     if h < 2:
         raise ValueError(f"snapshots: need at least 2 snapshots; got {h}.")

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from koopax import linalg, snapshots, tree_math
+from koopax import linalg, snapshots, tree_math, validation
 from koopax.control import maybe_apply, maybe_record
 from koopax.dmd import gram_operator, sort_eigenvalues
 
@@ -228,26 +228,24 @@ def _accelerate(updates, state, columns_of, scale, active):
 
 def _validate(alpha, num_snapshots, snapshot_every, refresh_every, epsilon, rank,
               efficient, snapshot_dtype, max_gain, rcond):
-    if isinstance(alpha, numbers.Real) and not (alpha >= 0.0 and alpha < float("inf")):
-        raise ValueError(f"alpha must be a finite number >= 0; got {alpha}.")
-    if not isinstance(num_snapshots, numbers.Integral) or isinstance(num_snapshots, bool) \
-            or num_snapshots < 3:
-        raise ValueError(f"num_snapshots must be an int >= 3; got {num_snapshots!r}.")
-    if not isinstance(snapshot_every, numbers.Integral) or isinstance(snapshot_every, bool) \
-            or snapshot_every < 1:
-        raise ValueError(f"snapshot_every must be an int >= 1; got {snapshot_every!r}.")
+    for value, name in ((num_snapshots, "num_snapshots"), (snapshot_every, "snapshot_every"),
+                        (refresh_every, "refresh_every"), (rank, "rank"),
+                        (efficient, "efficient"), (rcond, "rcond")):
+        validation.static(value, name)
+    validation.number(alpha, "alpha", low=0.0)
+    validation.integer(num_snapshots, "num_snapshots", low=3)
+    validation.integer(snapshot_every, "snapshot_every", low=1)
+    validation.boolean(efficient, "efficient")
     if efficient:
-        if refresh_every is not None and (
-                not isinstance(refresh_every, numbers.Integral) or refresh_every < 1):
-            raise ValueError(f"refresh_every must be None or an int >= 1; got {refresh_every!r}.")
-    elif refresh_every != 1:
+        if refresh_every is not None:
+            validation.integer(refresh_every, "refresh_every", low=1)
+    elif refresh_every != 1 or isinstance(refresh_every, bool):
         raise ValueError(
             "refresh_every must be 1 unless efficient=True: the full variant's "
             "operator is expressed over the stored increments, which change with "
             f"every snapshot, so it is refreshed with every snapshot; got {refresh_every!r}."
         )
-    if isinstance(epsilon, numbers.Real) and not 0.0 <= epsilon < 1.0:
-        raise ValueError(f"epsilon must lie in [0, 1); got {epsilon}.")
+    validation.number(epsilon, "epsilon", low=0.0, high=1.0, what="a number in [0, 1)")
     linalg.validate_rank(rank)
     if isinstance(rank, numbers.Integral) and not efficient and rank > num_snapshots - 2:
         raise ValueError(
@@ -260,10 +258,8 @@ def _validate(alpha, num_snapshots, snapshot_every, refresh_every, epsilon, rank
             raise ValueError(f"snapshot_dtype must be a floating dtype; got {snapshot_dtype!r}.") from e
         if not jnp.issubdtype(dt, jnp.floating):
             raise ValueError(f"snapshot_dtype must be a floating dtype; got {snapshot_dtype!r}.")
-    if isinstance(max_gain, numbers.Real) and not 1.0 < max_gain < float("inf"):
-        raise ValueError(f"max_gain must be a finite number > 1; got {max_gain}.")
-    if rcond is not None and not 0.0 <= rcond < 1.0:
-        raise ValueError(f"rcond must lie in [0, 1); got {rcond}.")
+    validation.number(max_gain, "max_gain", low=1.0, low_open=True)
+    validation.optional_fraction(rcond, "rcond")
 
 
 def kga(
@@ -286,8 +282,14 @@ def kga(
 
     Args:
       alpha: acceleration rate; ``0`` is exactly the base optimizer. May be an
-        array (``optax.inject_hyperparams`` works; list the other arguments in
-        its ``static_args``).
+        array: with ``optax.inject_hyperparams`` ``alpha``, ``epsilon`` and
+        ``max_gain`` may be traced; list ``num_snapshots``, ``snapshot_every``,
+        ``refresh_every``, ``rank``, ``efficient`` and ``rcond`` in its
+        ``static_args`` (a traced one raises a TypeError that names it). Meant
+        for ``alpha`` of about 0.5-5: every step is bounded by ``max_gain``,
+        but a sustained ``max_gain``-fold amplification (``alpha`` far above
+        ``(max_gain - 1) / |lambda|``) is an unstable iteration; such an
+        ``alpha`` runs at the bound, not beyond it.
       num_snapshots: ``h``, weight snapshots in the DMD window (>= 3). The
         window holds ``h - 1`` increments, i.e. ``h - 2`` DMD pairs.
       snapshot_every: steps between snapshots: steps per epoch gives the
@@ -485,6 +487,9 @@ def kga(
         del extra_args
         if params is None:
             raise ValueError(NO_PARAMS_MSG)
+        validation.same_tree(updates, params)
+        validation.state_fits(state.window.last if hasattr(state, "window") else state.last,
+                              params)
         take = (state.count % snapshot_every) == 0
         state = maybe_record(take, record_if_finite, state, params)
         _, ready = columns_of(state)

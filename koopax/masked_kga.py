@@ -53,7 +53,7 @@ import numpy as np
 import optax
 
 from koopax.control import maybe_apply, maybe_record
-from koopax import masks, tree_math
+from koopax import masks, tree_math, validation
 from koopax.kga import (NO_PARAMS_MSG, _gain_scale, acceleration_operator,
                         initial_operator_fields, install_operator)
 
@@ -386,6 +386,8 @@ def masked_kga(
         del extra_args
         if params is None:
             raise ValueError(NO_PARAMS_MSG)
+        validation.same_tree(updates, params)
+        validation.state_fits(state.window.last, params)
         sizes, caps = statics(params)
         take = (state.count % snapshot_every) == 0
 

@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from koopax import linalg, tree_math
+from koopax import linalg, tree_math, validation
 from koopax.dmd import classify_eigenvalues, gram_operator
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -204,6 +204,7 @@ def delta(threshold, window=5, *, capacity=1.0, start=None, every=1) -> Mask:
       ([True, False, False], 3)
     """
     _check_threshold("threshold", threshold)
+    validation.integer(window, "window", low=1)
     _check_common(window, capacity, start, every)
     thr = float(threshold)
 
@@ -316,14 +317,14 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
       [False, True]
     """
     _check_threshold("epsilon", epsilon)
+    validation.integer(window, "window", low=1)
     _check_common(window, capacity, start, every)
-    if not isinstance(neutral_epsilon, numbers.Real) or not 0.0 <= neutral_epsilon < 1.0:
-        raise ValueError(f"neutral_epsilon must lie in [0, 1); got {neutral_epsilon!r}.")
+    validation.number(neutral_epsilon, "neutral_epsilon", low=0.0, high=1.0,
+                      what="a number in [0, 1)")
     linalg.validate_rank(rank)
-    if rcond is not None and not 0.0 <= rcond < 1.0:
-        raise ValueError(f"rcond must lie in [0, 1); got {rcond}.")
-    if not isinstance(relative, bool):
-        raise ValueError(f"relative must be a bool; got {relative!r}.")
+    validation.optional_fraction(rcond, "rcond")
+    validation.boolean(relative, "relative")
+    validation.boolean(drift, "drift")
     eps = float(epsilon)
 
     def exclude(inputs):

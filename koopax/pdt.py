@@ -86,7 +86,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from koopax import control, linalg, prediction, snapshots, tree_math
+from koopax import control, linalg, prediction, snapshots, tree_math, validation
 
 NO_PARAMS_MSG = (
     "koopax.pdt needs the current parameters: call "
@@ -264,6 +264,9 @@ def _is_real(x):
 
 def _validate(cfg: "EngineConfig"):
     """Checks every hyperparameter of a configuration, naming the bad one."""
+    for name in ("horizon", "num_snapshots", "snapshot_every", "start", "interval", "rank",
+                 "min_interval", "max_interval", "rcond"):
+        validation.static(getattr(cfg, name), name)
     _check(_is_int(cfg.horizon) and cfg.horizon >= 1, "horizon", "an int >= 1", cfg.horizon)
     _check(_is_int(cfg.num_snapshots) and cfg.num_snapshots >= 3, "num_snapshots",
            "an int >= 3", cfg.num_snapshots)
@@ -285,9 +288,8 @@ def _validate(cfg: "EngineConfig"):
            "a finite number >= 0", lower)
     _check(upper is None or (_is_real(upper) and lower <= upper < float("inf")),
            "quantity_bounds: upper", "None or a finite number >= lower", upper)
-    for name in ("tolerance", "noise_tolerance"):
-        v = getattr(cfg, name)
-        _check(_is_real(v) and 0.0 <= v < float("inf"), name, "a finite number >= 0", v)
+    for name in ("tolerance", "noise_tolerance"):     # traceable (inject_hyperparams)
+        validation.number(getattr(cfg, name), name, low=0.0)
     _check(_is_int(cfg.min_interval) and 1 <= cfg.min_interval <= cfg.interval, "min_interval",
            f"an int in [1, interval={cfg.interval}]", cfg.min_interval)
     _check(_is_int(cfg.max_interval) and cfg.max_interval >= cfg.interval, "max_interval",
@@ -608,6 +610,8 @@ def predictive(cfg: EngineConfig) -> optax.GradientTransformationExtraArgs:
         del extra_args
         if params is None:
             raise ValueError(NO_PARAMS_MSG)
+        validation.same_tree(updates, params)
+        validation.state_fits(tuple(w.last for w in state.windows), cfg.split(params))
         _check_value(value)
         if value is not None:
             value = jnp.reshape(jnp.asarray(value), ())
@@ -700,6 +704,7 @@ def pdt(
       non-finite ``w_sgd``) never reach the weights: the base update passes
       and ``num_nonfinite`` counts the event.
     """
+    validation.static(interval, "interval")
     _check(_is_int(interval) and interval >= 1, "interval", "an int >= 1", interval)
     _check(isinstance(rollback, bool), "rollback", "a bool", rollback)
     min_interval = interval if min_interval is None else min_interval

@@ -50,7 +50,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from koopax import linalg, snapshots, tree_math
+from koopax import linalg, snapshots, tree_math, validation
 from koopax.dmd import gram_operator
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -124,8 +124,7 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
     if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) \
             or num_features < 1:
         raise ValueError(f"num_features must be an int >= 1; got {num_features!r}.")
-    if rcond is not None and not 0.0 <= rcond < 1.0:
-        raise ValueError(f"rcond must lie in [0, 1); got {rcond}.")
+    validation.optional_fraction(rcond, "rcond")
     gram = jnp.asarray(gram, jnp.float32)
     if gram.ndim != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] < 2:
         raise ValueError(f"gram must be an (m, m) matrix with m >= 2; got {gram.shape}.")
