@@ -267,13 +267,9 @@ def _validate(cfg: "EngineConfig"):
     for name in ("horizon", "num_snapshots", "snapshot_every", "start", "interval", "rank",
                  "min_interval", "max_interval", "rcond"):
         validation.static(getattr(cfg, name), name)
-    _check(_is_int(cfg.horizon) and cfg.horizon >= 1, "horizon", "an int >= 1", cfg.horizon)
-    _check(_is_int(cfg.num_snapshots) and cfg.num_snapshots >= 3, "num_snapshots",
-           "an int >= 3", cfg.num_snapshots)
-    _check(_is_int(cfg.snapshot_every) and cfg.snapshot_every >= 1, "snapshot_every",
-           "an int >= 1", cfg.snapshot_every)
-    _check(_is_int(cfg.start) and cfg.start >= 0, "start", "an int >= 0", cfg.start)
-    _check(_is_int(cfg.interval) and cfg.interval >= 1, "interval", "an int >= 1", cfg.interval)
+    for name, low in (("horizon", 1), ("num_snapshots", 3), ("snapshot_every", 1), ("start", 0),
+                      ("interval", 1)):
+        validation.integer(getattr(cfg, name), name, low=low)
     linalg.validate_rank(cfg.rank)
     if _is_int(cfg.rank) and cfg.rank > cfg.num_snapshots - 2:
         raise ValueError(
@@ -294,11 +290,9 @@ def _validate(cfg: "EngineConfig"):
            f"an int in [1, interval={cfg.interval}]", cfg.min_interval)
     _check(_is_int(cfg.max_interval) and cfg.max_interval >= cfg.interval, "max_interval",
            f"an int >= interval={cfg.interval}", cfg.max_interval)
-    _check(isinstance(cfg.authors_schedule, bool), "authors_schedule", "a bool",
-           cfg.authors_schedule)
+    validation.boolean(cfg.authors_schedule, "authors_schedule")
     _check(cfg.fit_on in FIT_ON, "fit_on", f"one of {FIT_ON}", cfg.fit_on)
-    _check(cfg.rcond is None or (_is_real(cfg.rcond) and 0.0 <= cfg.rcond < 1.0), "rcond",
-           "None or a number in [0, 1)", cfg.rcond)
+    validation.optional_fraction(cfg.rcond, "rcond")
 
 
 # ---------------------------------------------------------------------------
@@ -705,8 +699,8 @@ def pdt(
       and ``num_nonfinite`` counts the event.
     """
     validation.static(interval, "interval")
-    _check(_is_int(interval) and interval >= 1, "interval", "an int >= 1", interval)
-    _check(isinstance(rollback, bool), "rollback", "a bool", rollback)
+    validation.integer(interval, "interval", low=1)
+    validation.boolean(rollback, "rollback")
     min_interval = interval if min_interval is None else min_interval
     max_interval = max(8, interval) if max_interval is None else max_interval
     return predictive(EngineConfig(
