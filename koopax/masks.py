@@ -126,9 +126,7 @@ def _check_threshold(name, value):
         raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
 
 
-def _check_common(window, capacity, start, every):
-    if window is not None and (not _is_int(window) or window < 1):
-        raise ValueError(f"window must be an int >= 1; got {window!r}.")
+def _check_common(capacity, start, every):
     validate_capacity(capacity)
     if start is not None and (not _is_int(start) or start < 1):
         raise ValueError(f"start must be None or an int >= 1; got {start!r}.")
@@ -173,7 +171,7 @@ def norm(threshold, *, capacity=1.0, start=None, every=1) -> Mask:
       [True, False, False]
     """
     _check_threshold("threshold", threshold)
-    _check_common(None, capacity, start, every)
+    _check_common(capacity, start, every)
     thr = float(threshold)
 
     def exclude(inputs):
@@ -205,7 +203,7 @@ def delta(threshold, window=5, *, capacity=1.0, start=None, every=1) -> Mask:
     """
     _check_threshold("threshold", threshold)
     validation.integer(window, "window", low=1)
-    _check_common(window, capacity, start, every)
+    _check_common(capacity, start, every)
     thr = float(threshold)
 
     def exclude(inputs):
@@ -318,7 +316,7 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
     """
     _check_threshold("epsilon", epsilon)
     validation.integer(window, "window", low=1)
-    _check_common(window, capacity, start, every)
+    _check_common(capacity, start, every)
     validation.number(neutral_epsilon, "neutral_epsilon", low=0.0, high=1.0,
                       what="a number in [0, 1)")
     linalg.validate_rank(rank)
