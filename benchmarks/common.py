@@ -11,8 +11,11 @@ The measuring approach of every script:
   noise hits every method alike; times are medians over repeats;
 * ratios are always between methods measured side by side in the same run.
 
+The runner is the harness's (:class:`examples.train.Runner`, re-exported here with
+:class:`examples.train.Task`): one training loop for the harness and the benchmarks.
+
 Not a script: imported by :mod:`benchmarks.overhead`, :mod:`benchmarks.memory`,
-``benchmarks/kga_overhead.py`` and ``benchmarks/mask_overhead.py``.
+the overhead benchmark.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import math
 import os
 import platform
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +35,10 @@ import numpy as np
 import optax
 
 import koopax
+from examples.methods import make_base_optimizer, read_diagnostics
+from examples.train import Runner, Task, model_task
 
-#: The ~1.07M-parameter MLP of ``kga_overhead.py`` (784-1024-256-10).
+#: The ~1.07M-parameter MLP (784-1024-256-10) of the step-time figures.
 MLP_SIZES = (784, 1024, 256, 10)
 #: Default learning rates of the base optimizers.
 BASE_LEARNING_RATES = {"adam": 1e-3, "sgd": 0.05}
@@ -81,7 +86,7 @@ def quadratic_problem(sizes=MLP_SIZES, seed=0):
     """``(params, hess, target)`` of the loss ``1/2 sum h (w - w*)^2`` on MLP-shaped leaves.
 
     ``w ~ N(0, 1)``, ``h ~ U(0.01, 0.2)``, ``w* = w + N(0, 1)`` (every leaf,
-    biases included). The draws are those of ``mask_overhead.py``.
+    biases included). Fixed draws (reproducible).
     """
     rng = np.random.default_rng(seed)
     params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32),
@@ -93,32 +98,10 @@ def quadratic_problem(sizes=MLP_SIZES, seed=0):
     return params, hess, target
 
 
-class Task(NamedTuple):
-    """A training problem for :class:`Runner`.
-
-    Attributes:
-      name: identifies the task (runners are shared by task name and method).
-      params: the trainable pytree (the optimizer sees this).
-      rest: non-trainable state threaded through the steps (BatchNorm statistics).
-      consts: fixed arrays passed to every block (not returned, not donated).
-      data: one block of stacked batches (leading axis ``steps``), or ``None``.
-      steps: steps per block.
-      grad_fn: ``grad_fn(params, rest, consts, batch) -> (loss, grads, rest)``.
-    """
-
-    name: str
-    params: Any
-    rest: Any
-    consts: Any
-    data: Any
-    steps: int
-    grad_fn: Callable
-
-
 def _mlp_grad(params, rest, consts, batch):
     del consts
     loss, grads = jax.value_and_grad(mlp_loss)(params, *batch)
-    return loss, grads, rest
+    return loss, grads, rest, jnp.zeros((), jnp.float32)
 
 
 def image_batches(steps, batch, shape, seed=0):
@@ -143,7 +126,8 @@ def _quadratic_grad(params, rest, consts, batch):
     del batch
     hess, target = consts
     grads = jax.tree.map(lambda w, h, t: h * (w - t), params, hess, target)
-    return jnp.zeros((), jnp.float32), grads, rest
+    zero = jnp.zeros((), jnp.float32)
+    return zero, grads, rest, zero
 
 
 def quadratic_task(sizes=MLP_SIZES, *, steps, seed=0) -> Task:
@@ -156,27 +140,16 @@ def quadratic_task(sizes=MLP_SIZES, *, steps, seed=0) -> Task:
 def flax_task(model_name, *, batch, steps, image_shape=(32, 32, 3), seed=0) -> Task:
     """Cross-entropy training of a tiny ``examples.models`` zoo model on random images.
 
-    The model is split as in ``examples.train_lib.Trainer``: ``nnx.Param`` s are
-    the parameters, everything else (BatchNorm statistics) is ``rest``.
+    The model is split as the harness splits it (:func:`examples.train.model_task`):
+    ``nnx.Param`` s are the parameters, everything else (BatchNorm statistics) is ``rest``.
     """
-    from flax import nnx
+    from examples.models import create_model
 
-    graph, params, rest = split_flax_model(model_name, image_shape, seed)
-
-    def loss_fn(p, r, x, y):
-        m = nnx.merge(graph, p, r)
-        loss = optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-        _, _, new_rest = nnx.split(m, nnx.Param, ...)
-        return loss, nnx.as_pure(new_rest)
-
-    def grad_fn(p, r, consts, batch_):
-        del consts
-        (loss, r), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, r, *batch_)
-        return loss, grads, r
-
-    data = image_batches(steps, batch, image_shape, seed)
+    model = create_model(model_name, num_classes=10, input_shape=tuple(image_shape),
+                         size="tiny", seed=seed)
     name = f"{model_name}-tiny{tuple(image_shape)}-batch{batch}-steps{steps}"
-    return Task(name, params, rest, (), data, steps, grad_fn)
+    return model_task(model, "classification", steps=steps, name=name,
+                      data=image_batches(steps, batch, image_shape, seed))
 
 
 def split_flax_model(model_name, image_shape=(32, 32, 3), seed=0, abstract=False):
@@ -204,7 +177,7 @@ def base_optimizer(name: str, learning_rate: float | None = None):
     if name not in BASE_LEARNING_RATES:
         raise ValueError(f"base must be one of {sorted(BASE_LEARNING_RATES)}; got {name!r}.")
     lr = BASE_LEARNING_RATES[name] if learning_rate is None else learning_rate
-    return optax.adam(lr) if name == "adam" else optax.sgd(lr)
+    return make_base_optimizer(name, lr)
 
 
 def with_method(base, method=None):
@@ -215,76 +188,8 @@ def with_method(base, method=None):
 
 
 # ----------------------------------------------------------------------------- running
-def make_block(task: Task, tx):
-    """The jitted block ``(params, rest, opt_state, consts, data) -> (params, rest, opt_state)``."""
-    def block(params, rest, opt_state, consts, data):
-        def body(carry, batch):
-            p, r, s = carry
-            loss, grads, r = task.grad_fn(p, r, consts, batch)
-            updates, s = tx.update(grads, s, p, value=loss)
-            return (optax.apply_updates(p, updates), r, s), None
-
-        carry, _ = jax.lax.scan(body, (params, rest, opt_state), data, length=task.steps)
-        return carry
-
-    return jax.jit(block, donate_argnums=(0, 1, 2))
-
-
-class Runner:
-    """A compiled block of one optimizer on one task, and its training carry.
-
-    The runner owns copies of the task's parameters (they are donated to the
-    block). ``compile_s`` is the compile time of the block.
-    """
-
-    def __init__(self, task: Task, tx, name: str = ""):
-        self.task, self.tx, self.name = task, tx, name
-        params = jax.tree.map(jnp.copy, task.params)
-        rest = jax.tree.map(jnp.copy, task.rest)
-        self.carry = (params, rest, tx.init(params))
-        t0 = time.perf_counter()
-        self._block = make_block(task, tx).lower(*self.carry, task.consts, task.data).compile()
-        self.compile_s = time.perf_counter() - t0
-        self.blocks_run = 0
-
-    def run(self) -> float:
-        """Trains one block; returns its wall time per step (seconds)."""
-        t0 = time.perf_counter()
-        out = self._block(*self.carry, self.task.consts, self.task.data)
-        self.carry = jax.block_until_ready(out)
-        self.blocks_run += 1
-        return (time.perf_counter() - t0) / self.task.steps
-
-    def warm_up(self, blocks: int) -> None:
-        """Trains until ``blocks`` blocks have run in all."""
-        while self.blocks_run < blocks:
-            self.run()
-
-    def memory_stats(self) -> dict:
-        """XLA's memory analysis of the compiled block (bytes; empty where unavailable)."""
-        try:
-            stats = self._block.memory_analysis()
-        except (AttributeError, NotImplementedError, RuntimeError):
-            return {}
-        if stats is None:
-            return {}
-        return {k: int(getattr(stats, k)) for k in dir(stats)
-                if k.endswith("_in_bytes") and not k.startswith("host_")}
-
-    @property
-    def params(self):
-        return self.carry[0]
-
-    @property
-    def opt_state(self):
-        return self.carry[2]
-
-    def method_state(self):
-        """The state of the koopax transformation of ``chain(base, method)`` (else None)."""
-        state = self.opt_state
-        if isinstance(state, tuple) and len(state) == 2 and hasattr(state[1], "count"):
-            return state[1]
-        return None
+# The runner is the harness's (examples.train.Runner): a task's block of ``steps``
+# training steps compiled as one ``lax.scan``; ``Runner.run()`` trains one block.
 
 
 class RunnerPool:
@@ -313,7 +218,7 @@ def time_interleaved(runners: dict[str, Runner], repeats: int) -> dict[str, list
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, runner in runners.items():
-            times[name].append(runner.run())
+            times[name].append(runner.run().seconds_per_step)
     return times
 
 
@@ -342,15 +247,12 @@ DIAGNOSTIC_FIELDS = ("num_refreshes", "num_stable", "num_nonfinite", "compact",
 
 
 def diagnostics(state) -> dict:
-    """Scalar diagnostics of a koopax state (the fields it has of :data:`DIAGNOSTIC_FIELDS`)."""
+    """Scalar diagnostics of a koopax state: the fields of :data:`DIAGNOSTIC_FIELDS` it
+    has, found by name anywhere in it (:func:`examples.methods.read_diagnostics`)."""
     if state is None:
         return {}
-    out = {}
-    for field in DIAGNOSTIC_FIELDS:
-        value = getattr(state, field, None)
-        if value is not None and np.ndim(value) == 0:
-            out[field] = np.asarray(value).item()
-    return out
+    found = read_diagnostics(state, {field: (field,) for field in DIAGNOSTIC_FIELDS})
+    return {k: v for k, v in found.items() if not isinstance(v, list)}
 
 
 # ----------------------------------------------------------------------------- sizes

@@ -1,41 +1,58 @@
 """Convergence benchmark: the harness over every task x base optimizer, aggregated.
 
 For each task (dataset + model) and each base optimizer (``sgd``, ``momentum``,
-``adam``) this runs ``python -m examples.compare`` with every koopax method
-(kga, kga_efficient, kga_kwm, pdt, tano, dogra) over 5 seeds, plus the base
-optimizer at half and at twice its learning rate (``--base-lr-factors 0.5,2``:
-the learning-rate sweep). From each run's ``results.json`` it collects, per
-method:
+``adam``) this runs :func:`examples.train.train_and_evaluate` with every koopax
+method (kga, kga_efficient, kga_kwm, pdt, tano, dogra) over 5 seeds.
+
+**Default rate** (the secondary view): every method on top of the task's
+configured rate, plus the base at half and at twice it (the rows
+``base@0.5*lr``, ``base@2*lr``). Per method:
 
 * ``time_ratio`` / ``epochs_ratio``: median wall time / epochs to the
   baseline's best training loss, over the base's (same seeds, paired runs);
 * ``time_ratio_vs_best_lr``: the same time over the *fastest* of the three
-  base learning rates to that target, so that "faster than the baseline"
-  also means "faster than the baseline with a better learning rate";
+  base learning rates to that target;
 * ``test_acc_diff``: final test accuracy minus the base's (points);
 * how many seeds reached the target.
 
-Goal (issue 5): ``time_ratio <= 0.70`` with ``|test_acc_diff| <= 0.5`` points.
+**Tuned base** (``--tune``, the headline): the base's learning rate is swept
+by factors of 2 from the configured rate until the best is interior
+(:mod:`examples.tune`: best = lowest mean over seeds of the best epoch-mean
+training loss within the epoch budget, a diverged run the worst; the default
+rate run's three base rows are the sweep's first three points), then every
+method runs on top of that rate, its epochs interleaved with the tuned base's.
+The headline ratios are per seed, the time (and epochs) to the *tuned* base's
+best loss over the tuned base's; medians over seeds with min and max. Goals of
+issue 11: median time ratio <= 0.75x, median epochs <= 0.70x, no pair worse
+than 1.02x in time, test accuracy within 0.5 points.
+
+``--schedule cosine``: the same with ``optax.cosine_decay_schedule`` from the
+rate to 0 over the run (default tasks: the MLP/CNN ones, all but the ViT).
 
 Usage (from the repository root)::
 
-    python -m benchmarks.convergence                       # everything (hours on 2 cores)
-    python -m benchmarks.convergence --tasks digits_mlp,mnist1d_mlp --bases sgd
-    python -m benchmarks.convergence --quick               # smoke run: 1 epoch, 1 seed
+    python -m benchmarks.convergence                       # default rate (hours on 2 cores)
+    python -m benchmarks.convergence --tune                # + sweep, tuned base (headline)
+    python -m benchmarks.convergence --tune --schedule cosine
+    python -m benchmarks.convergence --tasks digits_mlp,mnist1d_mlp --bases sgd --tune
+    python -m benchmarks.convergence --quick [--tune]      # smoke run: 1 epoch, 1 seed
 
-Writes ``<output-dir>/<task>_<base>/`` (the harness's JSON and plots),
-``<output-dir>/convergence.json``, ``convergence.md`` (tables) and
-``convergence.png`` (time ratio per method and run; default output dir
-``benchmarks/results/convergence``). Runs already present are reused unless
-``--rerun`` is given, so the suite can be run in pieces.
+Writes under ``--output-dir`` (default ``benchmarks/results/convergence``):
+``<task>_<base>[_cosine]/`` (the default-rate run: the harness's JSON and
+plots; ``sweep/lr_<rate>/`` the sweep's base-only runs), ``<task>_<base>
+[_cosine]_tuned/`` (the run at the tuned rate, when it differs from the
+default), ``convergence[_cosine].{json,md,png}`` (default-rate view) and with
+``--tune`` ``tuned[_cosine].{json,md,png}`` (headline, sweeps, and the
+default-rate table). Runs already present are reused unless ``--rerun``, so
+the suite can be run in pieces.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import statistics
 import sys
 from typing import Any
 
@@ -43,10 +60,13 @@ if __package__ in (None, ""):  # `python benchmarks/convergence.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import default_output_dir  # noqa: E402
-from examples import compare  # noqa: E402
+from examples import report, tune  # noqa: E402
+from examples.compare import positive_float, positive_int  # noqa: E402
+from examples.train import Config, base_lr_name, train_and_evaluate  # noqa: E402
 
 METHODS = ("kga", "kga_efficient", "kga_kwm", "pdt", "tano", "dogra")
 BASES = ("sgd", "momentum", "adam")
+SCHEDULES = ("constant", "cosine")
 LR_FACTORS = (0.5, 2.0)
 
 #: Task -> harness flags; ``lr`` maps each base optimizer to its learning rate.
@@ -73,7 +93,12 @@ TASKS: dict[str, dict[str, Any]] = {
     "images_vit": dict(dataset="synthetic_images", model="vit", size="tiny", epochs=8,
                        lr=dict(sgd=0.05, momentum=0.005, adam=1e-3)),
 }
+#: The MLP/CNN tasks (all but the ViT): the cosine schedule's default tasks.
+MLP_CNN_TASKS = tuple(t for t in TASKS if t != "images_vit")
+#: Issue 5's goal for the default-rate view.
 TIME_GOAL, ACC_GOAL = 0.70, 0.5
+#: Issue 11's goals against the tuned base.
+TUNED_TIME_GOAL, TUNED_EPOCHS_GOAL, WORST_TIME_GOAL = 0.75, 0.70, 1.02
 
 
 def _comma_list(allowed):
@@ -91,45 +116,130 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.convergence",
                                 description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--tasks", type=_comma_list(TASKS), default=list(TASKS))
+    p.add_argument("--tasks", type=_comma_list(TASKS), default=None,
+                   help="default: every task (the MLP/CNN ones with --schedule cosine)")
     p.add_argument("--bases", type=_comma_list(BASES), default=list(BASES))
     p.add_argument("--methods", type=_comma_list(METHODS), default=list(METHODS))
-    p.add_argument("--seeds", type=compare._positive_int, default=5)
-    p.add_argument("--epochs-scale", type=compare._positive_float, default=1.0,
+    p.add_argument("--seeds", type=positive_int, default=5)
+    p.add_argument("--epochs-scale", type=positive_float, default=1.0,
                    help="multiplies every task's number of epochs")
+    p.add_argument("--schedule", choices=SCHEDULES, default="constant")
+    p.add_argument("--tune", action="store_true",
+                   help="sweep the base's rate until the best is interior; run every method "
+                        "on top of it; headline = ratios to the tuned base (tuned.md)")
+    p.add_argument("--max-doublings", type=positive_int, default=6,
+                   help="--tune: most factors of 2 away from the configured rate")
     p.add_argument("--output-dir", help="default benchmarks/results/convergence "
                                          "(under runs/benchmarks_quick with --quick)")
     p.add_argument("--rerun", action="store_true", help="rerun runs whose results exist")
     p.add_argument("--collect", action="store_true",
                    help="run nothing: aggregate the runs of --tasks x --bases found on disk")
-    p.add_argument("--quick", action="store_true", help="smoke run (harness --quick)")
+    p.add_argument("--quick", action="store_true", help="smoke run (1 epoch, 1 seed, tiny)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
     return p
 
 
-def harness_argv(task: str, base: str, args) -> list[str]:
-    """The ``examples.compare`` arguments of one (task, base) run."""
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, with ``--output-dir`` and ``--tasks`` defaulted."""
+    args = build_parser().parse_args(argv)
+    args.output_dir = args.output_dir or default_output_dir(args.quick, "convergence")
+    if args.tasks is None:
+        args.tasks = list(MLP_CNN_TASKS if args.schedule == "cosine" else TASKS)
+    return args
+
+
+# ------------------------------------------------------------------------------ runs
+def task_config(task: str, base: str, args, *, learning_rate: float | None = None,
+                methods=None, factors=LR_FACTORS) -> Config:
+    """The harness config of one (task, base) run."""
     cfg = TASKS[task]
-    epochs = max(1, round(cfg["epochs"] * args.epochs_scale))
-    argv = ["--dataset", cfg["dataset"], "--model", cfg["model"],
-            "--optimizer", base, "--lr", repr(cfg["lr"][base]),
-            "--epochs", str(epochs), "--seeds", str(args.seeds),
-            "--methods", ",".join(args.methods),
-            "--base-lr-factors", ",".join(f"{f:g}" for f in LR_FACTORS),
-            "--output-dir", os.path.join(args.output_dir, f"{task}_{base}")]
-    if "size" in cfg:
-        argv += ["--size", cfg["size"]]
-    if "pdt" in args.methods:  # PDT with its paper's history of 5 snapshots.
-        argv += ["--set", "pdt.num_snapshots=5"]
-    if args.quick:
-        argv.append("--quick")
-    if args.no_plots:
-        argv.append("--no-plots")
-    return argv
+    methods = tuple(args.methods if methods is None else methods)
+    config = Config(
+        dataset=cfg["dataset"], model=cfg["model"], size=cfg.get("size", "full"),
+        optimizer=base, learning_rate=cfg["lr"][base] if learning_rate is None else learning_rate,
+        schedule=args.schedule, epochs=max(1, round(cfg["epochs"] * args.epochs_scale)),
+        seeds=args.seeds, methods=methods,
+        # PDT with its paper's history of 5 snapshots.
+        options={"pdt": {"num_snapshots": 5}} if "pdt" in methods else {},
+        base_lr_factors=tuple(factors), plots=not args.no_plots,
+        progress=not getattr(args, "no_progress", False))
+    return config.quick() if args.quick else config
+
+
+def pair_name(task: str, base: str, args) -> str:
+    return f"{task}_{base}" + ("" if args.schedule == "constant" else f"_{args.schedule}")
+
+
+def run_or_load(config: Config, workdir: str, args) -> dict[str, Any] | None:
+    """The results of ``config`` in ``workdir``: read from disk, else trained (unless
+    ``--collect``: then ``None``)."""
+    path = os.path.join(workdir, "results.json")
+    if os.path.exists(path) and not args.rerun:
+        with open(path) as f:
+            return json.load(f)
+    if args.collect:
+        return None
+    print(f"\n=== {workdir}: {config.dataset}/{config.model} {config.optimizer} "
+          f"lr={config.learning_rate:g} ({config.schedule}) methods={list(config.methods)}",
+          flush=True)
+    train_and_evaluate(config, workdir)
+    with open(path) as f:
+        return json.load(f)
+
+
+def sweep_pair(task: str, base: str, args, default_results) -> dict[str, Any] | None:
+    """The base's learning-rate sweep of (task, base); the default-rate run's three
+    base rows are its first points. ``None`` if ``--collect`` misses a point."""
+    start = TASKS[task]["lr"][base]
+    known = {start: tune.sweep_score(default_results, "base")}
+    for f in LR_FACTORS:
+        if base_lr_name(f) in default_results["runs"]:
+            known[start * f] = tune.sweep_score(default_results, base_lr_name(f))
+    root = os.path.join(args.output_dir, pair_name(task, base, args), "sweep")
+    missing = []
+
+    def score(rate):
+        config = task_config(task, base, args, learning_rate=rate, methods=(), factors=())
+        results = run_or_load(config.replace(plots=False), os.path.join(root, f"lr_{rate:g}"),
+                              args)
+        if results is None:
+            missing.append(rate)
+            return float("inf")
+        return tune.sweep_score(results)
+
+    sweep = tune.tune_learning_rate(start, score, max_steps=args.max_doublings, known=known)
+    return None if missing else sweep
+
+
+def tuned_pair(task: str, base: str, args, default_results):
+    """``(sweep, results at the tuned rate)`` of (task, base), or ``None`` (``--collect``)."""
+    sweep = sweep_pair(task, base, args, default_results)
+    if sweep is None:
+        return None
+    if sweep["learning_rate"] == sweep["start"]:
+        return sweep, default_results   # the methods already ran at that rate
+    config = task_config(task, base, args, learning_rate=sweep["learning_rate"], factors=())
+    results = run_or_load(config, os.path.join(args.output_dir,
+                                               pair_name(task, base, args) + "_tuned"), args)
+    return None if results is None else (sweep, results)
+
+
+# ------------------------------------------------------------------------------ rows
+def _fraction(name: str, s: dict[str, Any], key: str):
+    """``accepted_ratio`` / ``masked_fraction`` of a summary; runs of the older
+    harness stored either under ``masked_ratio`` (masks: kga_*; PDT: the others)."""
+    if key in s:
+        return s[key]
+    if "masked_ratio" not in s:
+        return None
+    family = "masked_fraction" if name.startswith("kga") else "accepted_ratio"
+    return s["masked_ratio"] if key == family else None
 
 
 def rows_of(task: str, base: str, summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per koopax method of a run's summary, with the lr-sweep comparison."""
+    """Default-rate view: one row per koopax method of a run's summary, with the
+    lr-sweep comparison."""
     base_rows = [name for name in summary if name == "base" or name.startswith("base@")]
     base_times = [summary[n]["time_to_target"] for n in base_rows
                   if summary[n]["time_to_target"] is not None]
@@ -147,22 +257,77 @@ def rows_of(task: str, base: str, summary: dict[str, dict[str, Any]]) -> list[di
             time_ratio_vs_best_lr=None if t is None or not best_base else t / best_base,
             best_base_row=best_name,
             test_acc_diff=None if acc is None else 100.0 * acc,
-            masked_ratio=s.get("masked_ratio"), rollbacks=s.get("rollbacks"),
+            accepted_ratio=_fraction(name, s, "accepted_ratio"),
+            masked_fraction=_fraction(name, s, "masked_fraction"),
+            rollbacks=s.get("rollbacks"),
             goal_met=bool(s["time_ratio"] is not None and s["time_ratio"] <= TIME_GOAL
                           and (acc is None or abs(100.0 * acc) <= ACC_GOAL)),
         ))
     return rows
 
 
+def tuned_rows(task: str, base: str, schedule: str, sweep: dict[str, Any],
+               summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Headline: one row per method, per-seed ratios to the tuned base's best loss."""
+    rows = []
+    for name, s in summary.items():
+        if name == "base" or name.startswith("base@"):
+            continue
+        acc = s.get("test_acc_diff")
+        epochs, times = s["epochs_ratio_paired"], s["time_ratio_paired"]
+        rows.append(dict(
+            task=task, base=base, schedule=schedule, method=name,
+            learning_rate=sweep["learning_rate"], default_learning_rate=sweep["start"],
+            interior=sweep["interior"], reached=s["reached"], seeds=s["num_seeds"],
+            epochs_ratio=epochs["median"], epochs_ratio_min=epochs["min"],
+            epochs_ratio_max=epochs["max"], time_ratio=times["median"],
+            time_ratio_min=times["min"], time_ratio_max=times["max"],
+            test_acc_diff=None if acc is None else 100.0 * acc,
+            accepted_ratio=s.get("accepted_ratio"), masked_fraction=s.get("masked_fraction"),
+            rollbacks=s.get("rollbacks")))
+    return rows
+
+
+def method_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per method over the (task, base) pairs: the issue-11 figures and whether met."""
+    out = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        times = [float("inf") if r["time_ratio"] is None else r["time_ratio"] for r in mine]
+        epochs = [float("inf") if r["epochs_ratio"] is None else r["epochs_ratio"]
+                  for r in mine]
+        accs = [r["test_acc_diff"] for r in mine]
+        med_t, med_e, worst = statistics.median(times), statistics.median(epochs), max(times)
+        acc_ok = sum(a is None or abs(a) <= ACC_GOAL for a in accs)
+        out.append(dict(
+            method=method, pairs=len(mine), median_time_ratio=med_t,
+            median_epochs_ratio=med_e, worst_time_ratio=worst, acc_within=acc_ok,
+            goal_met=bool(med_t <= TUNED_TIME_GOAL and med_e <= TUNED_EPOCHS_GOAL
+                          and worst <= WORST_TIME_GOAL and acc_ok == len(mine))))
+    return out
+
+
+# ---------------------------------------------------------------------------- tables
 def _cell(value, spec):
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) \
-        else format(value, spec)
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if value == float("inf"):
+        return "n.r."
+    return format(value, spec)
+
+
+def _spread(r, key):
+    """``median [min-max]`` of a headline row's per-seed ratios (``n.r.``: not reached)."""
+    med, lo, hi = (r[key], r[f"{key}_min"], r[f"{key}_max"])
+    if med is None:
+        return "n.r."
+    return f"{med:.2f} [{lo:.2f}-{'n.r.' if hi is None else format(hi, '.2f')}]"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a Markdown table (ratios: method / base, lower is faster)."""
+    """Default-rate rows as a Markdown table (ratios: method / base, lower is faster)."""
     head = ("| task | base | method | reached | epochs x | time x | time x vs best lr "
-            "| test acc diff (pts) | masked | goal |")
+            "| test acc diff (pts) | accepted | masked | goal |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -170,11 +335,56 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             f"| {_cell(r['epochs_ratio'], '.2f')} | {_cell(r['time_ratio'], '.2f')} "
             f"| {_cell(r['time_ratio_vs_best_lr'], '.2f')} "
             f"({r['best_base_row'] or 'none'}) | {_cell(r['test_acc_diff'], '+.1f')} "
-            f"| {_cell(r['masked_ratio'], '.2f')} | {'met' if r['goal_met'] else 'no'} |")
+            f"| {_cell(r.get('accepted_ratio'), '.2f')} "
+            f"| {_cell(r.get('masked_fraction'), '.2f')} | {'met' if r['goal_met'] else 'no'} |")
     return "\n".join(lines)
 
 
-def save_plot(rows: list[dict[str, Any]], path: str) -> str:
+def tuned_markdown(rows, totals, sweeps, default_rows, schedule) -> str:
+    """The ``tuned.md`` report: headline table, totals, sweeps, default-rate view."""
+    lines = [f"# Convergence against the tuned base ({schedule} learning rate)", "",
+             "Ratios are per seed, method / tuned base, of the time (epochs) to the tuned "
+             "base's best training loss; median [min-max] over seeds (n.r.: not reached). "
+             "Method epochs are interleaved with the tuned base's (side by side).", "",
+             "| task | base | lr (default) | method | reached | time x | epochs x "
+             "| test acc diff (pts) | accepted | masked |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lr = (f"{r['learning_rate']:g} ({r['default_learning_rate']:g}"
+              f"{'' if r['interior'] else ', not interior'})")
+        lines.append(
+            f"| {r['task']} | {r['base']} | {lr} | {r['method']} | {r['reached']}/{r['seeds']} "
+            f"| {_spread(r, 'time_ratio')} | {_spread(r, 'epochs_ratio')} "
+            f"| {_cell(r['test_acc_diff'], '+.1f')} | {_cell(r['accepted_ratio'], '.2f')} "
+            f"| {_cell(r['masked_fraction'], '.2f')} |")
+    lines += ["", f"Per method over the pairs (goals: median time <= {TUNED_TIME_GOAL}x, "
+              f"median epochs <= {TUNED_EPOCHS_GOAL}x, no pair worse than {WORST_TIME_GOAL}x "
+              f"in time, test accuracy within {ACC_GOAL} points):", "",
+              "| method | pairs | median time x | median epochs x | worst pair time x "
+              "| acc within | goals |", "|---|---|---|---|---|---|---|"]
+    for t in totals:
+        lines.append(f"| {t['method']} | {t['pairs']} | {_cell(t['median_time_ratio'], '.2f')} "
+                     f"| {_cell(t['median_epochs_ratio'], '.2f')} "
+                     f"| {_cell(t['worst_time_ratio'], '.2f')} | {t['acc_within']}/{t['pairs']} "
+                     f"| {'met' if t['goal_met'] else 'not met'} |")
+    lines += ["", "Learning-rate sweeps (mean over seeds of the best epoch-mean training "
+              "loss; inf = a seed diverged):", "",
+              "| task | base | default lr | tuned lr | interior | scores |",
+              "|---|---|---|---|---|---|"]
+    for s in sweeps:
+        scores = ", ".join(
+            f"{float(k):g}: " + ("inf" if v is None or v == float("inf") else f"{v:.4g}")
+            for k, v in s["scores"].items())
+        lines.append(f"| {s['task']} | {s['base']} | {s['start']:g} | {s['learning_rate']:g} "
+                     f"| {'yes' if s['interior'] else 'no'} | {scores} |")
+    lines += ["", "## Secondary view: the default rate", "",
+              "Ratios of the medians over seeds, method / base at the task's default rate.", "",
+              markdown_table(default_rows)]
+    return "\n".join(lines) + "\n"
+
+
+def save_plot(rows: list[dict[str, Any]], path: str,
+              title: str = "wall time to the base's best train loss / base's") -> str:
     """Heat map of the time ratio (method x task/base); blank = target not reached."""
     import matplotlib
 
@@ -196,7 +406,7 @@ def save_plot(rows: list[dict[str, Any]], path: str) -> str:
                 fontsize=7)
     ax.set_xticks(range(len(runs)), runs, fontsize=7, rotation=45, ha="right")
     ax.set_yticks(range(len(methods)), methods)
-    ax.set_title("wall time to the base's best train loss / base's (n.r. = not reached)")
+    ax.set_title(f"{title} (n.r. = not reached)")
     fig.colorbar(im, ax=ax, label="log2 ratio")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -204,40 +414,58 @@ def save_plot(rows: list[dict[str, Any]], path: str) -> str:
     return path
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The command line, with ``--output-dir`` defaulted (see :func:`benchmarks.default_output_dir`)."""
-    args = build_parser().parse_args(argv)
-    args.output_dir = args.output_dir or default_output_dir(args.quick, "convergence")
-    return args
+# ------------------------------------------------------------------------------ main
+def _write(args, stem, data, markdown):
+    suffix = "" if args.schedule == "constant" else f"_{args.schedule}"
+    with open(os.path.join(args.output_dir, f"{stem}{suffix}.json"), "w") as f:
+        json.dump(report.sanitize(data), f, indent=1, allow_nan=False)
+    with open(os.path.join(args.output_dir, f"{stem}{suffix}.md"), "w") as f:
+        f.write(markdown if markdown.endswith("\n") else markdown + "\n")
+    return os.path.join(args.output_dir, f"{stem}{suffix}.png")
 
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
-    rows = []
+    rows, headline, sweeps = [], [], []
     for task in args.tasks:
         for base in args.bases:
-            run_argv = harness_argv(task, base, args)
-            path = os.path.join(args.output_dir, f"{task}_{base}", "results.json")
-            if args.collect and not os.path.exists(path):
+            default = run_or_load(task_config(task, base, args),
+                                  os.path.join(args.output_dir, pair_name(task, base, args)),
+                                  args)
+            if default is None:
                 continue
-            if args.rerun or not os.path.exists(path):
-                print(f"\n=== {task} / {base}: python -m examples.compare {' '.join(run_argv)}",
-                      flush=True)
-                compare.main(run_argv)
-            with open(path) as f:
-                summary = json.load(f)["summary"]
-            rows += rows_of(task, base, summary)
-    out = dict(rows=rows, time_goal=TIME_GOAL, acc_goal=ACC_GOAL,
-               environment=compare._environment())
-    with open(os.path.join(args.output_dir, "convergence.json"), "w") as f:
-        json.dump(compare._sanitize(out), f, indent=1, allow_nan=False)
+            rows += rows_of(task, base, default["summary"])
+            if not args.tune:
+                continue
+            tuned = tuned_pair(task, base, args, default)
+            if tuned is None:
+                continue
+            sweep, results = tuned
+            summary = results["summary"]
+            if "time_ratio_paired" not in summary["base"]:   # a run of the older harness
+                summary = report.summarize(results)
+            sweeps.append(dict(task=task, base=base, **sweep))
+            headline += tuned_rows(task, base, args.schedule, sweep, summary)
+    out = dict(rows=rows, schedule=args.schedule, time_goal=TIME_GOAL, acc_goal=ACC_GOAL,
+               environment=report.environment())
     table = markdown_table(rows)
-    with open(os.path.join(args.output_dir, "convergence.md"), "w") as f:
-        f.write(table + "\n")
+    png = _write(args, "convergence", out, table)
     print("\n" + table)
     if not args.no_plots and rows:
-        print("wrote", save_plot(rows, os.path.join(args.output_dir, "convergence.png")))
+        print("wrote", save_plot(rows, png))
+    if args.tune:
+        totals = method_totals(headline)
+        out["tuned"] = dict(rows=headline, totals=totals, sweeps=sweeps, schedule=args.schedule,
+                            goals=dict(time=TUNED_TIME_GOAL, epochs=TUNED_EPOCHS_GOAL,
+                                       worst_time=WORST_TIME_GOAL, acc=ACC_GOAL),
+                            default_rate_rows=rows, environment=out["environment"])
+        text = tuned_markdown(headline, totals, sweeps, rows, args.schedule)
+        png = _write(args, "tuned", out["tuned"], text)
+        print("\n" + text)
+        if not args.no_plots and headline:
+            print("wrote", save_plot(headline, png, "time to the tuned base's best train loss "
+                                                    "/ tuned base's (median over seeds)"))
     return out
 
 

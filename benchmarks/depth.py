@@ -26,7 +26,9 @@ if __package__ in (None, ""):  # `python benchmarks/depth.py`
 import numpy as np  # noqa: E402
 
 from benchmarks import default_output_dir  # noqa: E402
-from examples import compare  # noqa: E402
+from examples import report  # noqa: E402
+from examples.compare import positive_int  # noqa: E402
+from examples.train import Config, train_and_evaluate  # noqa: E402
 
 METHODS = ("pdt", "dogra", "tano")
 WIDTH = 128
@@ -46,7 +48,7 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m benchmarks.depth",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--depths", type=_depths, default=[2, 4, 6])
-    p.add_argument("--seeds", type=compare._positive_int, default=5)
+    p.add_argument("--seeds", type=positive_int, default=5)
     p.add_argument("--output-dir", help="default benchmarks/results/depth "
                                          "(under runs/benchmarks_quick with --quick)")
     p.add_argument("--rerun", action="store_true")
@@ -74,10 +76,9 @@ def main(argv=None):
         run_dir = os.path.join(args.output_dir, f"depth_{depth}")
         path = os.path.join(run_dir, "results.json")
         if args.rerun or not os.path.exists(path):
-            compare.main(["--dataset", "mnist1d", "--model", "mlp",
-                          "--hidden", ",".join([str(WIDTH)] * depth), "--seeds", str(args.seeds),
-                          "--methods", ",".join(METHODS), "--output-dir", run_dir, "--no-plots"]
-                         + (["--quick"] if args.quick else []))
+            config = Config(dataset="mnist1d", model="mlp", hidden=(WIDTH,) * depth,
+                            seeds=args.seeds, methods=METHODS, plots=False)
+            train_and_evaluate(config.quick() if args.quick else config, run_dir)
         with open(path) as f:
             res = json.load(f)
         out[depth] = dict(
@@ -85,19 +86,19 @@ def main(argv=None):
             summary={n: {k: res["summary"][n].get(k) for k in
                          ("reached", "num_seeds", "epochs_ratio", "time_ratio",
                           "final_train_loss", "final_test_acc_mean", "rollbacks",
-                          "masked_ratio")} for n in res["names"]})
+                          "accepted_ratio")} for n in res["names"]})
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "pdt_depth.json"), "w") as f:
-        json.dump(compare._sanitize(out), f, indent=1, allow_nan=False)
+        json.dump(report.sanitize(out), f, indent=1, allow_nan=False)
     plot = save_plot(out, os.path.join(args.output_dir, "pdt_depth.png"))
     for depth, d in out.items():
         print(f"\n{depth} hidden layers x {WIDTH}:")
         for name, s in d["summary"].items():
             print(f"  {name:6s} reached {s['reached']}/{s['num_seeds']}  epochs x "
-                  f"{compare._fmt(s['epochs_ratio'], '.2f')}  final train "
-                  f"{compare._fmt(s['final_train_loss'], '.3g')}  test acc "
-                  f"{compare._fmt(s['final_test_acc_mean'], '.3f')}  rollbacks "
-                  f"{compare._fmt(s['rollbacks'], '.1f')}")
+                  f"{report.fmt(s['epochs_ratio'], '.2f')}  final train "
+                  f"{report.fmt(s['final_train_loss'], '.3g')}  test acc "
+                  f"{report.fmt(s['final_test_acc_mean'], '.3f')}  rollbacks "
+                  f"{report.fmt(s['rollbacks'], '.1f')}")
     print("wrote", plot)
     return out
 

@@ -3,7 +3,7 @@
 Sections (``--sections``, default all):
 
 * ``models``: step time of ``chain(base, method)`` / ``base`` (a full training step:
-  forward, backward, optimizer) for the ~1.07M-parameter MLP of ``kga_overhead.py``
+  forward, backward, optimizer) for the ~1.07M-parameter MLP (784-1024-256-10)
   and the tiny FCN, AlexNet and ResNet (``resnet50`` tiny) of ``examples.models`` on
   random 32x32x3 images, for kga (h = 6), kga efficient, kga + KWM mask, pdt, dogra
   and tano.
@@ -13,7 +13,7 @@ Sections (``--sections``, default all):
   dominates the step: an upper bound for real models).
 * ``snapshots``: the same two ratios vs ``num_snapshots`` (4, 8, 16, 32) at ~1e6
   parameters (same quadratic).
-* ``masks``: step-time ratio of ``kga(mask=norm(theta, capacity=c))``, ``theta`` the
+* ``masks``: step-time ratio of ``masked_kga(norm(theta, capacity=c))``, ``theta`` the
   q-quantile of ``|w|`` at init, vs unmasked kga, the overhead reduction
   ``(r_kga - 1) / (r_masked - 1)`` and the masked fraction read from the state
   (same quadratic, ~1e6 parameters).
@@ -52,11 +52,12 @@ import numpy as np  # noqa: E402
 import koopax  # noqa: E402
 from benchmarks import common, default_output_dir  # noqa: E402
 from koopax import snapshots, tree_math  # noqa: E402
-from koopax.kga import acceleration_operator  # noqa: E402
+from koopax.acceleration import acceleration_operator  # noqa: E402
 
 SECTIONS = ("models", "params", "snapshots", "masks")
 MODELS = ("mlp", "fcn", "alexnet", "resnet50")
-METHODS = ("kga", "kga_bf16", "kga_efficient", "kga_efficient_r2_bf16", "kga_kwm", "pdt",
+METHODS = ("kga", "kga_each", "kga_sum10", "kga_increment", "kga_bf16", "kga_efficient",
+           "kga_efficient_r2_bf16", "kga_kwm", "pdt",
            "dogra", "tano")
 PARAM_TARGETS = (1e5, 1e6, 1e7, 3e7)
 #: KGA's goal of issue 5 for the step-time ratio.
@@ -76,18 +77,24 @@ QUICK_MLP_SIZES = (64, 64, 10)
 def make_method(name: str, steps: int, num_snapshots: int):
     """The koopax transformation ``name`` of the models section (snapshot every block)."""
     kga_kw = dict(num_snapshots=num_snapshots, snapshot_every=steps)
-    if name == "kga":
+    if name == "kga":            # the library's defaults for apply_every
         return koopax.kga(1.0, **kga_kw)
+    if name == "kga_each":       # every update corrected (the paper)
+        return koopax.kga(1.0, apply_every=1, **kga_kw)
+    if name == "kga_sum10":      # the sum of 10 updates, one parameter-sized buffer
+        return koopax.kga(1.0, apply_every=10, **kga_kw)
+    if name == "kga_increment":  # the newest increment, once per snapshot
+        return koopax.kga(1.0, apply_every=steps, **kga_kw)
     if name == "kga_efficient":
-        return koopax.kga(1.0, efficient=True, **kga_kw)
+        return koopax.efficient_kga(1.0, **kga_kw)
     if name == "kga_bf16":
         return koopax.kga(1.0, snapshot_dtype=jnp.bfloat16, **kga_kw)
     if name == "kga_efficient_r2_bf16":
-        return koopax.kga(1.0, efficient=True, rank=2, snapshot_dtype=jnp.bfloat16, **kga_kw)
+        return koopax.efficient_kga(1.0, rank=2, snapshot_dtype=jnp.bfloat16, **kga_kw)
     if name == "kga_kwm":
-        # The harness's KWM (examples.train_lib): relative threshold 0.03, capacity 0.5.
-        return koopax.kga(1.0, mask=koopax.masks.kwm(0.03, window=3, relative=True,
-                                                     capacity=0.5), **kga_kw)
+        # The harness's KWM (examples.methods): relative threshold 0.03, capacity 0.5.
+        return koopax.masked_kga(koopax.masks.kwm(0.03, window=3, relative=True,
+                                                  capacity=0.5), 1.0, **kga_kw)
     if name == "pdt":
         return koopax.pdt(snapshot_every=steps)
     if name in ("dogra", "tano"):
@@ -130,8 +137,8 @@ def window_costs(window, num_features: int, params, repeats: int) -> dict:
     """DMD refresh, one pass over the increments and a snapshot push, in ms."""
     refresh = jax.jit(lambda g: acceleration_operator(
         g, epsilon=1e-2, rank=None, num_features=num_features))
-    one_pass = jax.jit(lambda w: tree_math.tree_inner_products(w.increments, w.last))
-    push = jax.jit(snapshots.push)
+    one_pass = jax.jit(lambda w: tree_math.stacked_products(w.slots, w.last))
+    push = jax.jit(snapshots.ring_push)
     t_refresh = common.median_call(refresh, (window.gram,), repeats)
     t_pass = common.median_call(one_pass, (window,), repeats)
     t_push = common.median_call(push, (window, params), repeats)
@@ -179,10 +186,11 @@ def _brief(diag: dict) -> str:
     return " ".join(parts)
 
 
-def _kga_fn(args, num_snapshots, **kw):
-    return lambda: common.with_method(
-        common.base_optimizer(args.base, args.lr),
-        koopax.kga(1.0, num_snapshots=num_snapshots, snapshot_every=args.steps, **kw))
+def _kga_fn(args, num_snapshots, mask=None):
+    kw = dict(num_snapshots=num_snapshots, snapshot_every=args.steps)
+    make = (lambda: koopax.kga(1.0, **kw)) if mask is None else (
+        lambda: koopax.masked_kga(mask, 1.0, **kw))
+    return lambda: common.with_method(common.base_optimizer(args.base, args.lr), make())
 
 
 def _quadratic(args, pool_tasks: dict, target: float):

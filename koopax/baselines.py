@@ -43,7 +43,7 @@ import numbers
 
 import optax
 
-from koopax.pdt import EngineConfig, predictive
+from koopax.predictive_training import EngineConfig, predictive
 
 MODES = ("dogra", "tano")
 

@@ -214,16 +214,34 @@ def exact_dmd(snapshots, *, rank=None, rcond=None) -> DMD:
         (fixed rank; also the static size of the result), or a float in
         ``(0, 1)`` (cumulative energy). Modes beyond the chosen rank are
         zero-padded so that shapes are static under ``jit``.
+        Any NaN or infinite entry (or entries so large that their inner
+        products overflow) makes the result NaN: see Returns.
       rcond: singular values ``<= rcond * sigma_1`` are dropped (Gram noise
         floor); default ``1e-3`` for float32, ``1e-6`` for float64.
 
     Returns:
       A :class:`DMD`. Reconstruct or forecast with :func:`reconstruct`, apply
-      the operator to a new state with :func:`predict`.
+      the operator to a new state with :func:`predict`. For finite snapshots
+      every field is finite (a window without dynamics has rank 0 and zero
+      eigenvalues). For non-finite snapshots ``eigenvalues``, ``modes``,
+      ``amplitudes`` and ``singular_values`` are NaN (same shapes), ``rank``
+      is 0, and :func:`reconstruct` / :func:`predict` return NaN: nothing
+      raises, eagerly or under ``jit`` (no check on values in Python): test
+      ``jnp.isfinite(dmd.eigenvalues).all()``, ``False`` in this case.
 
     Eigenvalues come from a QR algorithm and eigenvectors from inverse
     iteration (:mod:`koopax.linalg`): no LAPACK ``geev``, so this runs under
     ``jit`` on CPU, GPU and TPU.
+
+    Examples:
+      >>> import jax.numpy as jnp, koopax
+      >>> w = 0.5 ** jnp.arange(4.0)[:, None] * jnp.array([[1.0, 2.0]])  # w_t = 0.5^t w_0
+      >>> dmd = koopax.exact_dmd(w, rank=1)
+      >>> int(dmd.rank), round(float(dmd.eigenvalues[0].real), 4)
+      (1, 0.5)
+      >>> bad = koopax.exact_dmd(w.at[2, 0].set(jnp.nan), rank=1)
+      >>> int(bad.rank), bool(jnp.isfinite(bad.eigenvalues).all())
+      (0, False)
     """
     linalg.validate_rank(rank)
     validation.optional_fraction(rcond, "rcond")
@@ -240,6 +258,12 @@ def exact_dmd(snapshots, *, rank=None, rcond=None) -> DMD:
     cap = min(rank, k) if isinstance(rank, numbers.Integral) else k
 
     gram = tree_math.stacked_gram(snapshots)
+    # Any non-finite snapshot entry makes its diagonal Gram entry inf or NaN, and
+    # so does an overflowing inner product: an (h, h) test covers the input. The
+    # algebra runs on a zero Gram matrix (rank 0, no NaN inside eigh or the QR
+    # iterations), and the result is set to NaN at the end.
+    finite = jnp.all(jnp.isfinite(gram))
+    gram = jnp.where(finite, gram, 0)
     red = gram_operator(gram, rank=rank, num_features=num_features, rcond=rcond)
     values, vectors = linalg.eig(red.operator, red.rank)
     valid = jnp.arange(k) < red.rank
@@ -261,7 +285,14 @@ def exact_dmd(snapshots, *, rank=None, rcond=None) -> DMD:
     normal = jnp.where(both, normal, jnp.eye(cap, dtype=normal.dtype))
     rhs = jnp.where(valid, jnp.matmul(coef.conj().T, gram_c[1:, 0], precision=_HIGHEST), 0)
     amplitudes = jnp.where(valid, jnp.linalg.solve(normal, rhs), 0)
-    return DMD(values, modes, amplitudes, red.rank, red.singular_values)
+
+    def nan_unless_finite(x):
+        return jnp.where(finite, x, jnp.full_like(x, jnp.nan))
+
+    values, amplitudes, singular_values = map(
+        nan_unless_finite, (values, amplitudes, red.singular_values))
+    modes = jax.tree.map(nan_unless_finite, modes)
+    return DMD(values, modes, amplitudes, red.rank, singular_values)
 
 
 def _powers(eigenvalues, times):

@@ -398,7 +398,7 @@ def leaf_capacities(capacity, params) -> tuple:
     return tuple(caps)
 
 
-def _padding(n, cap):
+def padding_indices(n, cap):
     # Padding slots hold the out-of-range index ``n``: a gather in fill mode
     # reads 0 there and a scatter drops them. One repeated value (not
     # ``n + j``) keeps the vector free of iota constants, which XLA would

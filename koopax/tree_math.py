@@ -178,3 +178,87 @@ def tree_all_finite(tree) -> jax.Array:
     if not leaves:
         return jnp.array(True)
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]).all()
+
+
+# ----------------------------------------------------------------------------
+# Stacked columns: leaves ``(h, *shape)`` (a ring window's slots, a basis).
+# ----------------------------------------------------------------------------
+
+
+def _trailing(leaf):
+    return tuple(range(1, leaf.ndim))
+
+
+def stacked_products(stacked, tree) -> jax.Array:
+    """Per-leaf ``P[l, i] = <stacked_l[i], tree_l>``: shape ``(num_leaves, h)``, float32.
+
+    Summing over ``l`` gives ``X^T v``; the per-leaf parts are what a
+    per-leaf bound needs. Written as multiply-and-reduce rather than a
+    matrix-vector product: XLA's CPU layout assignment otherwise transposes
+    the stacked buffers on every call.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> stacked = {"a": jnp.array([[1.0, 0.0], [0.0, 1.0]]), "b": jnp.array([[2.0], [0.0]])}
+      >>> tree_math.stacked_products(stacked, {"a": jnp.array([3.0, 4.0]), "b": jnp.array([1.0])}).tolist()
+      [[3.0, 4.0], [2.0, 0.0]]
+    """
+    parts = []
+    for s, x in zip(jax.tree.leaves(stacked), jax.tree.leaves(tree), strict=True):
+        dt = accumulation_dtype(jnp.result_type(s, x))
+        parts.append(jnp.sum(s.astype(dt) * x.astype(dt)[None], axis=_trailing(s))
+                     .astype(jnp.float32))
+    if not parts:
+        return jnp.zeros((0, 0), jnp.float32)
+    return jnp.stack(parts)
+
+
+def stacked_leaf_grams(stacked) -> jax.Array:
+    """Per-leaf Gram matrices ``G[l] = S_l S_l^T``: shape ``(num_leaves, h, h)``, float32.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> g = tree_math.stacked_leaf_grams({"a": jnp.array([[1.0, 2.0], [0.0, 1.0]])})
+      >>> g.tolist()
+      [[[5.0, 2.0], [2.0, 1.0]]]
+    """
+    parts = []
+    for s in jax.tree.leaves(stacked):
+        r = s.astype(accumulation_dtype(s.dtype))
+        # Row by row (multiply-and-reduce): a contraction over sharded axes
+        # would need an explicit output sharding.
+        g = jnp.stack([jnp.sum(r * r[i][None], axis=_trailing(r)) for i in range(r.shape[0])])
+        g = g.astype(jnp.float32)
+        parts.append(0.5 * (g + g.T))
+    if not parts:
+        return jnp.zeros((0, 0, 0), jnp.float32)
+    return jnp.stack(parts)
+
+
+def stacked_weighted_sum(stacked, coefficients: jax.Array, like):
+    """``sum_i c[l, i] stacked_l[i]`` per leaf, shapes and dtypes of ``like``.
+
+    ``coefficients`` is ``(h,)`` (the same for every leaf) or
+    ``(num_leaves, h)``; the sum is accumulated in float32 (at least).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax import tree_math
+      >>> stacked = {"a": jnp.array([[1.0, 0.0], [0.0, 1.0]]), "b": jnp.array([[2.0], [3.0]])}
+      >>> out = tree_math.stacked_weighted_sum(stacked, jnp.array([[1.0, 2.0], [0.0, 1.0]]),
+      ...                                      like={"a": jnp.zeros(2), "b": jnp.zeros(1)})
+      >>> out["a"].tolist(), out["b"].tolist()
+      ([1.0, 2.0], [3.0])
+    """
+    leaves, treedef = jax.tree.flatten(stacked)
+    refs = treedef.flatten_up_to(like)
+    out = []
+    for l, (s, ref) in enumerate(zip(leaves, refs)):
+        c = coefficients if coefficients.ndim == 1 else coefficients[l]
+        dt = accumulation_dtype(jnp.result_type(s, ref))
+        rows = s.astype(dt)
+        acc = sum(c[i].astype(dt) * rows[i] for i in range(rows.shape[0]))
+        out.append(acc.astype(ref.dtype))
+    return jax.tree.unflatten(treedef, out)

@@ -25,9 +25,10 @@ def static(value, name: str) -> None:
     ``optax.inject_hyperparams`` traces every numeric argument it is not told
     to keep static; this names the argument to list in ``static_args``.
     """
-    if isinstance(value, jax.core.Tracer):
-        raise ArgumentError(f"{name} sets shapes or control flow and cannot be traced: with "
-                        f"optax.inject_hyperparams, list {name!r} in static_args.")
+    if isinstance(value, (jax.core.Tracer, jax.Array)):
+        raise ArgumentError(f"{name} sets shapes or control flow and cannot be an array or "
+                            f"traced: with optax.inject_hyperparams, list {name!r} in "
+                            "static_args.")
 
 
 def boolean(value, name: str) -> None:

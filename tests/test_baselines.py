@@ -103,4 +103,4 @@ def test_bad_arguments_raise(kwargs, name):
 
 def test_window_helper_is_shared():
     tree = {"a": jnp.ones(3)}
-    assert snapshots.init_window(tree, 2).gram.shape == (2, 2)
+    assert snapshots.init_ring(tree, 2).gram.shape == (2, 2)

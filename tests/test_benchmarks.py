@@ -192,6 +192,25 @@ def test_memory_rejects_bad_arguments(capsys):
 
 
 # ----------------------------------------------------------------------------- helpers
+def test_common_runner_is_the_harness_runner_and_times_blocks():
+    import koopax
+    from examples import train
+
+    assert common.Runner is train.Runner and common.Task is train.Task
+    task = common.quadratic_task((8, 8, 10), steps=3)
+    sgd = common.base_optimizer("sgd")
+    kga = koopax.kga(1.0, num_snapshots=3, snapshot_every=3)
+    runners = {"base": common.Runner(task, common.with_method(sgd), "base"),
+               "kga": common.Runner(task, common.with_method(sgd, kga), "kga")}
+    runners["kga"].warm_up(4)
+    times = common.time_interleaved(runners, 2)
+    assert all(len(v) == 2 and all(t > 0 for t in v) for v in times.values())
+    assert runners["kga"].blocks_run == 6 and runners["base"].blocks_run == 2
+    assert runners["base"].method_state() is None
+    diag = common.diagnostics(runners["kga"].method_state())
+    assert diag["num_refreshes"] >= 1 and diag["num_nonfinite"] == 0
+
+
 def test_tree_bytes_and_scaled_sizes():
     tree = {"a": jnp.zeros((3, 4), jnp.float32), "b": jnp.zeros(5, jnp.bfloat16)}
     assert common.tree_bytes(tree) == 3 * 4 * 4 + 5 * 2

@@ -1,5 +1,8 @@
-"""Tests of the comparison harness (examples.compare) and its training library."""
+"""Tests of the harness: the runner and train_and_evaluate (examples.train), the method
+registry (examples.methods), the learning-rate sweep (examples.tune), the statistics
+(examples.report) and the command line (examples.compare)."""
 
+import functools
 import json
 import math
 import os
@@ -7,6 +10,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -15,7 +19,8 @@ pytest.importorskip("flax")
 pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
-from examples import compare, train_lib  # noqa: E402
+import koopax  # noqa: E402
+from examples import compare, methods, report, train, tune  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,16 +29,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_time_to_target_first_epoch_at_or_below():
     losses = [1.0, 0.5, 0.3, 0.3, 0.2]
     times = [0.5, 1.0, 1.5, 2.0, 2.5]
-    hit = train_lib.time_to_target(losses, times, 0.3, steps_per_epoch=10)
-    assert hit == train_lib.Target(epoch=3, time=3.0, step=30)
+    hit = report.time_to_target(losses, times, 0.3, steps_per_epoch=10)
+    assert hit == report.Target(epoch=3, time=3.0, step=30)
     # Equality counts as reached.
-    assert train_lib.time_to_target(losses, times, 1.0).epoch == 1
+    assert report.time_to_target(losses, times, 1.0).epoch == 1
 
 
 def test_time_to_target_not_reached_and_nan():
-    hit = train_lib.time_to_target([1.0, float("nan"), 0.5], [1.0, 1.0, 1.0], 0.4)
-    assert hit == train_lib.Target(None, None, None)
-    hit = train_lib.time_to_target([float("nan"), 0.4], [1.0, 2.0], 0.4)
+    hit = report.time_to_target([1.0, float("nan"), 0.5], [1.0, 1.0, 1.0], 0.4)
+    assert hit == report.Target(None, None, None)
+    hit = report.time_to_target([float("nan"), 0.4], [1.0, 2.0], 0.4)
     assert hit.epoch == 2 and hit.time == 3.0
 
 
@@ -44,28 +49,30 @@ def test_time_to_target_not_reached_and_nan():
 ])
 def test_time_to_target_validates(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        train_lib.time_to_target(**kwargs)
+        report.time_to_target(**kwargs)
 
 
-def _run(losses, times, acc=0.9):
+def _run(losses, times, acc=0.9, diagnostics=None):
     n = len(losses)
     return dict(seed=0, train_loss=list(losses), train_acc=[acc] * n, test_loss=list(losses),
-                test_acc=[acc] * n, epoch_time=list(times), diagnostics=[{}] * n)
+                test_acc=[acc] * n, epoch_time=list(times),
+                diagnostics=[diagnostics or {}] * n)
 
 
-def test_summarize_medians_ratios_and_not_reached():
+def test_summarize_medians_paired_ratios_and_not_reached():
     base = [_run([1.0, 0.6, 0.4, 0.3], [1.0] * 4),   # target 0.3, reached at epoch 4
             _run([1.0, 0.5, 0.2, 0.25], [1.0] * 4),  # target 0.2, reached at epoch 3
             _run([0.9, 0.5, 0.45, 0.4], [1.0] * 4)]  # target 0.4, reached at epoch 4
-    fast = [_run([0.8, 0.3, 0.1, 0.1], [2.0] * 4),   # epoch 2
-            _run([0.7, 0.2, 0.1, 0.1], [2.0] * 4),   # epoch 2
-            _run([0.9, 0.9, 0.9, 0.9], [2.0] * 4)]   # never
-    never = [_run([1.0] * 4, [1.0] * 4) for _ in range(3)]
+    fast = [_run([0.8, 0.3, 0.1, 0.1], [2.0] * 4, diagnostics=dict(accepted_ratio=0.2)),
+            _run([0.7, 0.2, 0.1, 0.1], [2.0] * 4, diagnostics=dict(accepted_ratio=0.4)),
+            _run([0.9, 0.9, 0.9, 0.9], [2.0] * 4, diagnostics=dict(accepted_ratio=0.6))]
+    never = [_run([1.0] * 4, [1.0] * 4, diagnostics=dict(masked_fraction=0.5))
+             for _ in range(3)]
     results = dict(
         names=["base", "fast", "never"], seeds=[0, 1, 2], steps_per_epoch=5,
         info={n: dict(compile_time=1.0, flops_per_step=100.0) for n in ("base", "fast", "never")},
         runs=dict(base=base, fast=fast, never=never))
-    summary = compare.summarize(results)
+    summary = report.summarize(results)
     assert summary["base"]["epochs_to_target"] == 4
     assert summary["base"]["reached"] == 3
     assert summary["base"]["epochs_ratio"] == 1.0
@@ -76,56 +83,176 @@ def test_summarize_medians_ratios_and_not_reached():
     assert summary["fast"]["time_to_target"] == 4.0
     assert summary["fast"]["time_ratio"] == 1.0
     assert summary["fast"]["flops_to_target"] == 2 * 5 * 100.0
+    # Per seed: epochs 2/4, 2/3, not reached; times 4/4, 4/3, not reached.
+    assert summary["fast"]["epochs_ratios"] == [0.5, 2 / 3, None]
+    assert summary["fast"]["epochs_ratio_paired"] == dict(median=2 / 3, min=0.5, max=None)
+    assert summary["fast"]["time_ratio_paired"]["median"] == pytest.approx(4 / 3)
     assert results["runs"]["fast"][2]["reached"]["epoch"] is None
     assert summary["never"]["epochs_to_target"] is None
     assert summary["never"]["epochs_ratio"] is None
-    table = compare.format_table(summary)
+    assert summary["never"]["epochs_ratio_paired"]["median"] is None
+    # PDT's accepted ratio and a mask's masked fraction stay apart.
+    assert summary["fast"]["accepted_ratio"] == pytest.approx(0.4)
+    assert "masked_fraction" not in summary["fast"]
+    assert summary["never"]["masked_fraction"] == 0.5 and "accepted_ratio" not in summary["never"]
+    table = report.format_table(summary)
+    header = table.splitlines()[0].split()
+    assert "accepted" in header and "masked" in header
     line = next(l for l in table.splitlines() if l.startswith("never"))
     assert "not reached (0/3)" in line
     assert "2 (2/3)" in next(l for l in table.splitlines() if l.startswith("fast"))
 
 
 def test_median_counts_misses_as_infinitely_late():
-    assert compare._median_or_none([1, None, None]) is None
-    assert compare._median_or_none([1, 3, None]) == 3
+    assert report.median_or_none([1, None, None]) is None
+    assert report.median_or_none([1, 3, None]) == 3
 
 
-# ------------------------------------------------------------------ library pieces
+# ---------------------------------------------------------------------- the sweep
+def _counting(fn):
+    calls = []
+
+    def score(k):
+        calls.append(k)
+        return fn(k)
+    return score, calls
+
+
+@pytest.mark.parametrize("optimum, tried", [(3, {0, 1, 2, 3, 4}), (-2, {1, 0, -1, -2, -3}),
+                                             (0, {-1, 0, 1})])
+def test_interior_best_walks_to_the_optimum_and_stops(optimum, tried):
+    score, calls = _counting(lambda k: (k - optimum) ** 2 + 1.0)
+    sweep = tune.interior_best(score)
+    assert sweep.best == optimum and sweep.interior
+    assert len(calls) == len(set(calls)) and set(calls) == tried   # each rate once
+    assert sweep.scores[optimum - 1] > sweep.scores[optimum] < sweep.scores[optimum + 1]
+
+
+def test_interior_best_treats_divergence_as_worst():
+    # Diverges (inf / NaN) at 2x and above and at the start: walks down to the best.
+    sweep = tune.interior_best(lambda k: math.inf if k >= 0 else (float("nan") if k == -1
+                                                                    else abs(k + 3) + 0.5))
+    assert sweep.best == -3 and sweep.interior
+    assert sweep.scores[-1] == math.inf
+    # Everything diverges: no best.
+    sweep = tune.interior_best(lambda k: math.inf, max_steps=3)
+    assert not sweep.interior and sweep.best == -3
+
+
+def test_interior_best_limit_and_known_scores():
+    sweep = tune.interior_best(lambda k: -k, max_steps=2)   # better forever upwards
+    assert sweep.best == 2 and not sweep.interior
+    score, calls = _counting(lambda k: (k - 1) ** 2)
+    sweep = tune.interior_best(score, known={0: 1.0, 1: 0.0, -1: 4.0})
+    assert sweep.best == 1 and sweep.interior and calls == [2]
+
+
+def test_sweep_score_and_tune_learning_rate():
+    results = {"runs": {"base": [dict(train_loss=[1.0, 0.5, 0.6]), dict(train_loss=[2.0, 1.5])],
+                        "bad": [dict(train_loss=[1.0, 0.1]), dict(train_loss=[1.0, None])]}}
+    assert tune.sweep_score(results) == pytest.approx(1.0)   # mean of 0.5 and 1.5
+    assert tune.sweep_score(results, "bad") == math.inf      # one seed diverged
+    seen = []
+
+    def score(rate):
+        seen.append(rate)
+        return (math.log2(rate / 0.4)) ** 2
+    out = tune.tune_learning_rate(0.1, score, known={0.2: 1.0, 0.3: 0.0})
+    assert out["learning_rate"] == pytest.approx(0.4) and out["interior"]
+    assert 0.2 not in seen and 0.3 not in out["scores"]
+    assert list(out["scores"]) == sorted(out["scores"])
+
+
+# ------------------------------------------------------------------ the registry
 def test_build_optimizer_registry_and_value_kwarg():
-    import jax.numpy as jnp
-
     params = {"w": jnp.ones(3)}
-    for name in ["base"] + sorted(train_lib.METHODS):
-        tx = train_lib.build_optimizer(name, optax.sgd(0.1), dict(alpha=1.0, num_snapshots=6), 4)
-        state = tx.init(params)
-        updates, _ = tx.update({"w": jnp.ones(3)}, state, params, value=jnp.float32(1.0))
+    for name in ["base"] + sorted(methods.METHODS):
+        tx = methods.build_optimizer(name, optax.sgd(0.1), None, 4)
+        # Traced only (no compilation): every entry builds and accepts value=.
+        updates, _ = jax.eval_shape(
+            lambda p, tx=tx: tx.update(p, tx.init(p), p, value=jnp.float32(1.0)), params)
         assert updates["w"].shape == (3,)
     with pytest.raises(ValueError, match="method"):
-        train_lib.build_optimizer("nope", optax.sgd(0.1), {}, 4)
+        methods.build_optimizer("nope", optax.sgd(0.1), {}, 4)
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        train_lib.build_optimizer("kga", optax.sgd(0.1), {}, 0)
+        methods.build_optimizer("kga", optax.sgd(0.1), {}, 0)
+
+
+def test_options_are_scoped_and_unknown_keys_name_the_method():
+    assert "rank" in methods.METHODS["kga"].options()
+    assert "horizon" in methods.METHODS["pdt"].options()
+    assert "alpha" not in methods.METHODS["pdt"].options()
+    assert "kwm_epsilon" in methods.METHODS["kga_kwm"].options()
+    assert not {"mask", "efficient", "mode"} & methods.METHODS["kga_kwm"].options()
+    with pytest.raises(ValueError, match=r"pdt: unknown option 'alpha'"):
+        methods.options_for("pdt", {"alpha": 2.0})
+    with pytest.raises(ValueError, match=r"kga: unknown options 'nope', 'rnak'"):
+        methods.options_for("kga", {"rnak": 3, "nope": 1})
+    assert methods.options_for("kga", {"rank": 3})["rank"] == 3
+    assert methods.options_for("kga")["alpha"] == methods.KGA_DEFAULTS["alpha"]
+
+
+def _spy(monkeypatch, name, calls):
+    real = getattr(koopax, name)
+
+    @functools.wraps(real)
+    def spy(*args, **kwargs):
+        calls[name] = kwargs
+        return real(*args, **kwargs)
+    monkeypatch.setattr(koopax, name, spy)
+
+
+def test_cli_options_reach_only_their_method(monkeypatch):
+    calls = {}
+    _spy(monkeypatch, "kga", calls)
+    _spy(monkeypatch, "pdt", calls)
+    _, config = compare.parse_args(["--methods", "kga,pdt", "--alpha", "1.5",
+                                    "--set", "kga.epsilon=0.05", "--pdt.num_snapshots=5",
+                                    "--pdt.horizon", "3"])
+    assert config.options == {"kga": {"alpha": 1.5, "epsilon": 0.05},
+                              "pdt": {"num_snapshots": 5, "horizon": 3}}
+    for name in config.methods:
+        methods.build_optimizer(name, optax.sgd(0.1), config.options.get(name), 10)
+    assert calls["kga"]["alpha"] == 1.5 and calls["kga"]["epsilon"] == 0.05
+    assert calls["kga"]["num_snapshots"] == methods.KGA_DEFAULTS["num_snapshots"]
+    assert calls["kga"]["snapshot_every"] == 10     # one snapshot per epoch
+    # KGA's flags and options do not reach PDT: it keeps its own defaults.
+    assert calls["pdt"] == {"num_snapshots": 5, "horizon": 3, "snapshot_every": 10}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "rank=3"], "needs its method"),
+    (["--set", "kga.rnak=3"], "kga: unknown option 'rnak'"),
+    (["--kga.rnak=3"], "kga: unknown option 'rnak'"),
+    (["--set", "noequals"], "METHOD.KEY=VALUE"),
+    (["--methods", "kga", "--set", "pdt.horizon=2"], "not in --methods"),
+    (["--methods", "kga,nope"], "unknown"),
+    (["--base-lr-factors", "1"], "factor 1"),
+    (["--base-lr-factors", "-2"], "number > 0"),
+])
+def test_bad_arguments_are_errors_naming_the_problem(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_make_base_optimizer_validates():
     with pytest.raises(ValueError, match="name"):
-        train_lib.make_base_optimizer("lion", 0.1)
+        methods.make_base_optimizer("lion", 0.1)
     with pytest.raises(ValueError, match="learning_rate"):
-        train_lib.make_base_optimizer("sgd", -1.0)
+        methods.make_base_optimizer("sgd", -1.0)
     with pytest.raises(ValueError, match="total_steps"):
-        train_lib.make_base_optimizer("adam", 0.1, schedule="cosine")
-    assert train_lib.make_base_optimizer("adamw", 0.1, schedule="cosine", total_steps=10)
+        methods.make_base_optimizer("adam", 0.1, schedule="cosine")
+    assert methods.make_base_optimizer("adamw", 0.1, schedule="cosine", total_steps=10)
 
 
 def test_read_diagnostics_from_kga_state():
-    import jax.numpy as jnp
-    import koopax
-
     state = optax.chain(optax.sgd(0.1), koopax.kga(1.0, snapshot_every=1)).init(
         {"w": jnp.ones(4)})
-    diag = train_lib.read_diagnostics(state)
+    diag = methods.read_diagnostics(state)
     assert diag["num_stable"] == 0 and diag["num_refreshes"] == 0
     assert diag["eigenvalues"] == []  # rank 0: nothing valid yet
-    assert "masked_ratio" not in diag
+    assert "accepted_ratio" not in diag and "masked_fraction" not in diag
 
 
 def test_flops_of_handles_list_dict_none():
@@ -136,31 +263,101 @@ def test_flops_of_handles_list_dict_none():
         def cost_analysis(self):
             return self.value
 
-    assert train_lib.flops_of(Fake([{"flops": 10.0}])) == 10.0
-    assert train_lib.flops_of(Fake({"flops": 3.0})) == 3.0
-    assert train_lib.flops_of(Fake(None)) is None
-    assert train_lib.flops_of(Fake([])) is None
+    assert train.flops_of(Fake([{"flops": 10.0}])) == 10.0
+    assert train.flops_of(Fake({"flops": 3.0})) == 3.0
+    assert train.flops_of(Fake(None)) is None
+    assert train.flops_of(Fake([])) is None
 
 
-# ----------------------------------------------------------------------- end to end
+# ------------------------------------------------------------------- the runner
+def test_runner_trains_resets_and_rejects_other_shapes():
+    def grad_fn(params, rest, consts, batch):
+        loss = 0.5 * jnp.sum((params["w"] - consts) ** 2)
+        return loss, {"w": params["w"] - consts}, rest + 1, jnp.float32(2.0)
+
+    task = train.Task("quad", {"w": jnp.ones(3)}, jnp.int32(0), jnp.zeros(3), None, 4, grad_fn)
+    runner = train.Runner(task, methods.build_optimizer("base", optax.sgd(0.5), None, 4))
+    block = runner.run()
+    assert runner.compile_s > 0 and runner.blocks_run == 1
+    np.testing.assert_allclose(block.losses, 1.5 * 0.25 ** np.arange(4))
+    np.testing.assert_allclose(block.metrics, 2.0)
+    assert int(runner.rest) == 4 and block.seconds_per_step == block.seconds / 4
+    np.testing.assert_allclose(runner.params["w"], 0.5 ** 4)
+    runner.reset()
+    assert runner.blocks_run == 0 and float(runner.params["w"][0]) == 1.0
+    assert np.asarray(task.params["w"]).tolist() == [1.0] * 3   # the task's copy untouched
+    with pytest.raises(ValueError, match="shapes"):
+        runner.reset({"w": jnp.ones(4)}, jnp.int32(0))
+
+
+# ------------------------------------------------------------ train_and_evaluate
+def test_train_and_evaluate_tunes_the_base_rate():
+    config = train.Config(methods=(), tune_lr=True, tune_max_steps=1, plots=False,
+                          progress=False).quick()
+    results = train.train_and_evaluate(config)
+    sweep = results["sweep"]
+    assert sweep["start"] == config.learning_rate and len(sweep["scores"]) >= 3
+    best = sweep["learning_rate"]
+    assert sweep["scores"][best] == min(sweep["scores"].values())
+    assert results["info"]["base"]["learning_rate"] == best
+    assert results["config"]["learning_rate"] == best
+
+
+def test_config_validates():
+    with pytest.raises(ValueError, match="hidden"):
+        train.Config(model="cnn1d", hidden=(8,))
+    with pytest.raises(ValueError, match="not in methods"):
+        train.Config(methods=("kga",), options={"pdt": {"horizon": 2}})
+    with pytest.raises(ValueError, match="kga: unknown option"):
+        train.Config(methods=("kga",), options={"kga": {"rnak": 2}})
+    with pytest.raises(ValueError, match="factor 1"):
+        train.Config(base_lr_factors=(1.0,))
+
+
+def test_hidden_sets_mlp_depth():
+    from flax import nnx
+
+    from examples.datasets import load_digits
+
+    model = train.model_factory(train.Config(hidden=(8, 8, 8), size="tiny"), load_digits())(0)
+    shapes = [x.shape for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    kernels = sorted(s for s in shapes if len(s) == 2)
+    # 64 -> 8 -> 8 -> 8 -> 10: four dense kernels.
+    assert kernels == sorted([(64, 8), (8, 8), (8, 8), (8, 10)])
+
+
+# ---------------------------------------------------------------------- the CLI
 def test_quick_run_writes_json_plots_and_table(tmp_path, capsys):
+    # train_and_evaluate through the CLI: 1 epoch, 1 seed, tiny MLP, 4 batches.
     out = tmp_path / "run"
-    results = compare.main(["--quick", "--output-dir", str(out)])
+    results = compare.main(["--quick", "--no-progress", "--methods", "kga,pdt",
+                            "--base-lr-factors", "0.5,2", "--output-dir", str(out)])
     printed = capsys.readouterr().out
-    assert "method" in printed and "epochs->tgt" in printed
-    for name in ["base", "kga", "kga_efficient"]:
+    assert "method" in printed and "epochs->tgt" in printed and "accepted:" in printed
+    names = results["names"]
+    assert names == ["base", train.base_lr_name(0.5), train.base_lr_name(2), "kga", "pdt"]
+    for name in names:
         assert any(line.startswith(name) for line in printed.splitlines())
-    with open(out / "results.json") as f:
-        saved = json.load(f)
-    assert saved["config"]["quick"] is True
-    assert set(saved["runs"]) == set(results["names"])
+    assert results["info"][train.base_lr_name(2)]["learning_rate"] == 2 * 0.5
+    # Same seed and batches, different learning rate: different first-epoch loss,
+    # while kga (identical to base before its first snapshot) matches base.
+    loss = {n: results["runs"][n][0]["train_loss"][0] for n in names}
+    assert loss[train.base_lr_name(2)] != loss["base"] != loss[train.base_lr_name(0.5)]
+    assert loss["kga"] == loss["base"]
+    assert results["summary"]["base"]["test_acc_diff"] == 0.0
+    assert results["summary"]["kga"]["flops_per_step"] > 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["epochs"] == 1 and saved["config"]["methods"] == ["kga", "pdt"]
+    assert saved["config"]["train_subset"] == 4 * 64 and saved["sweep"] is None
+    assert set(saved["runs"]) == set(names)
     run = saved["runs"]["kga"][0]
     assert len(run["train_loss"]) == 1 and len(run["epoch_time"]) == 1
     assert math.isfinite(run["train_loss"][0])
     assert saved["summary"]["base"]["epochs_to_target"] == 1
-    assert saved["summary"]["kga"]["flops_per_step"] > 0
-    for png in ["loss_vs_epoch.png", "loss_vs_time.png", "test_metric.png", "eigenvalues.png"]:
+    for png in ["loss_vs_epoch.png", "loss_vs_time.png", "test_metric.png", "eigenvalues.png",
+                "accepted_ratio.png"]:
         assert (out / png).stat().st_size > 1000
+    assert not (out / "masked_fraction.png").exists()
 
 
 def test_script_entry_point_help():
@@ -168,75 +365,11 @@ def test_script_entry_point_help():
                            "--help"], capture_output=True, text=True, timeout=120,
                           cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
-    assert "--num-snapshots" in proc.stdout and "--non-iid" in proc.stdout
+    assert "--num-snapshots" in proc.stdout and "--tune" in proc.stdout
 
 
-def test_unknown_method_is_an_error():
-    with pytest.raises(SystemExit):
-        compare.parse_args(["--methods", "kga,nope"])
-    np.testing.assert_equal(compare.parse_args(["--quick"]).epochs, 1)
-
-
-def test_hidden_flag_sets_mlp_depth_and_rejects_other_models():
-    from flax import nnx
-
-    from examples.datasets import load_digits
-
-    data = load_digits()
-    args = compare.build_parser().parse_args(["--hidden", "8,8,8", "--size", "tiny"])
-    model = compare.make_model_fn(args, data)(0)
-    shapes = [x.shape for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
-    kernels = sorted(s for s in shapes if len(s) == 2)
-    # 64 -> 8 -> 8 -> 8 -> 10: four dense kernels.
-    assert sorted(kernels) == sorted([(64, 8), (8, 8), (8, 8), (8, 10)])
-    bad = compare.build_parser().parse_args(["--hidden", "8", "--model", "cnn1d"])
-    with pytest.raises(ValueError, match="hidden"):
-        compare.make_model_fn(bad, data)
-
-
-def test_kga_kwm_method_is_registered_and_runs_a_step():
-    import jax.numpy as jnp
-
-    tx = train_lib.build_optimizer("kga_kwm", optax.sgd(0.1), {"num_snapshots": 4}, 5)
-    params = {"w": jnp.ones((4, 3))}
-    state = tx.init(params)
-    updates, state = tx.update(params, state, params, value=jnp.asarray(1.0))
-    assert updates["w"].shape == (4, 3)
-
-
-def test_set_overrides_reach_the_method_and_are_scoped():
-    args = compare.parse_args(["--methods", "kga,pdt", "--set", "epsilon=0.05",
-                               "--set", "pdt.num_snapshots=5", "--set", "horizon=3"])
-    kga_hp = compare.method_hparams(args, "kga")
-    pdt_hp = compare.method_hparams(args, "pdt")
-    assert kga_hp["epsilon"] == 0.05 and kga_hp["num_snapshots"] == args.num_snapshots
-    assert pdt_hp["num_snapshots"] == 5 and pdt_hp["horizon"] == 3
-    # The override reaches the koopax transformation: 5 snapshots -> 4 increments.
-    tx = train_lib.METHODS["pdt"].factory(pdt_hp, 10)
-    state = tx.init({"w": np.zeros(3, np.float32)})
-    assert state.windows[0].gram.shape == (4, 4)
-    assert state.horizon == 3
-    # KGA's --num-snapshots/--alpha flags do not reach PDT: it keeps its own defaults.
-    plain = compare.method_hparams(compare.parse_args(["--methods", "kga,pdt"]), "pdt")
-    assert "num_snapshots" not in plain and "alpha" not in plain
-
-
-@pytest.mark.parametrize("argv", [["--set", "nope=1"], ["--set", "noequals"],
-                                  ["--methods", "kga", "--set", "pdt.horizon=2"],
-                                  ["--base-lr-factors", "1"], ["--base-lr-factors", "-2"]])
-def test_bad_set_and_factor_arguments_are_errors(argv):
-    with pytest.raises(SystemExit):
-        compare.parse_args(argv)
-
-
-def test_base_lr_factor_rows_train_the_base_at_scaled_lr(tmp_path):
-    results = compare.main(["--quick", "--no-plots", "--methods", "kga",
-                            "--base-lr-factors", "0.5,2", "--output-dir", str(tmp_path)])
-    names = results["names"]
-    assert names[:3] == ["base", compare.base_lr_name(0.5), compare.base_lr_name(2)]
-    # Same seed and batches, different learning rate: different first-epoch loss,
-    # while kga (identical to base before its first snapshot) matches base.
-    loss = {n: results["runs"][n][0]["train_loss"][0] for n in names}
-    assert loss[compare.base_lr_name(2)] != loss["base"]
-    assert loss[compare.base_lr_name(0.5)] != loss["base"]
-    assert results["summary"]["base"]["test_acc_diff"] == 0.0
+def test_quick_flag_and_defaults():
+    _, config = compare.parse_args(["--quick"])
+    assert config.epochs == 1 and config.seeds == 1 and config.size == "tiny"
+    _, config = compare.parse_args([])
+    assert config == train.Config()

@@ -1,6 +1,7 @@
 """Tests of the convergence benchmark's orchestration and aggregation."""
 
 import json
+import math
 import os
 
 import pytest
@@ -52,23 +53,130 @@ def test_bad_task_list_is_an_error():
         convergence.build_parser().parse_args(["--tasks", "digits_mlp,nope"])
 
 
-def test_harness_arguments_carry_the_task_and_lr_sweep():
-    args = convergence.parse_args(["--tasks", "images_vit", "--bases", "adam"])
-    argv = convergence.harness_argv("images_vit", "adam", args)
-    flags = dict(zip(argv[::2], argv[1::2]))
-    assert flags["--model"] == "vit" and flags["--size"] == "tiny"
-    assert float(flags["--lr"]) == convergence.TASKS["images_vit"]["lr"]["adam"]
-    assert flags["--base-lr-factors"] == "0.5,2"
+def test_task_config_carries_the_task_and_lr_sweep():
+    args = convergence.parse_args(["--tasks", "images_vit", "--bases", "adam",
+                                   "--methods", "kga,pdt"])
+    config = convergence.task_config("images_vit", "adam", args)
+    assert config.model == "vit" and config.size == "tiny" and config.epochs == 8
+    assert config.learning_rate == convergence.TASKS["images_vit"]["lr"]["adam"]
+    assert config.base_lr_factors == (0.5, 2.0) and config.methods == ("kga", "pdt")
+    assert config.options == {"pdt": {"num_snapshots": 5}}
+    assert config.schedule == "constant"
+    cosine = convergence.parse_args(["--schedule", "cosine"])
+    assert "images_vit" not in cosine.tasks and "digits_mlp" in cosine.tasks
+    assert convergence.task_config("digits_mlp", "sgd", cosine).schedule == "cosine"
+    assert convergence.pair_name("digits_mlp", "sgd", cosine) == "digits_mlp_sgd_cosine"
 
 
 def test_quick_run_writes_json_table_and_plot(tmp_path):
-    out = convergence.main(["--quick", "--tasks", "digits_mlp", "--bases", "sgd",
-                            "--methods", "kga,pdt", "--output-dir", str(tmp_path)])
-    assert [r["method"] for r in out["rows"]] == ["kga", "pdt"]
+    out = convergence.main(["--quick", "--no-progress", "--tasks", "digits_mlp", "--bases",
+                            "sgd", "--methods", "kga", "--output-dir", str(tmp_path)])
+    assert [r["method"] for r in out["rows"]] == ["kga"]
     with open(tmp_path / "convergence.json") as f:
-        assert len(json.load(f)["rows"]) == 2
+        assert len(json.load(f)["rows"]) == 1
     assert os.path.getsize(tmp_path / "convergence.png") > 0
     assert (tmp_path / "digits_mlp_sgd" / "results.json").exists()
+    assert "| accepted | masked |" in (tmp_path / "convergence.md").read_text()
+
+
+def test_old_masked_ratio_is_read_as_the_right_fraction():
+    summary = {"base": _summary(10.0, 30, time_ratio=1.0, epochs_ratio=1.0),
+               "kga_kwm": _summary(5.0, 15, time_ratio=0.5, epochs_ratio=0.5, masked_ratio=0.4),
+               "pdt": _summary(5.0, 15, time_ratio=0.5, epochs_ratio=0.5, masked_ratio=0.2),
+               "tano": _summary(5.0, 15, time_ratio=0.5, epochs_ratio=0.5, accepted_ratio=0.3)}
+    kwm, pdt, tano = convergence.rows_of("t", "sgd", summary)
+    assert kwm["masked_fraction"] == 0.4 and kwm["accepted_ratio"] is None
+    assert pdt["accepted_ratio"] == 0.2 and pdt["masked_fraction"] is None
+    assert tano["accepted_ratio"] == 0.3
+
+
+# ------------------------------------------------------------------- --tune (fake runs)
+OPTIMUM = 4.0   # the fake base is best at 4x the configured rate
+
+
+def _fake_results(config):
+    """Results of train_and_evaluate as a function of the rate: the base's best loss
+    is 1 + log2(rate / (OPTIMUM * start))^2; a method reaches the base's in half
+    the epochs at 1.2x the epoch time."""
+    from examples import report
+    from examples.train import base_lr_name
+
+    start = convergence.TASKS["digits_mlp"]["lr"][config.optimizer]
+    rates = {"base": config.learning_rate,
+             **{base_lr_name(f): config.learning_rate * f for f in config.base_lr_factors}}
+    names = list(rates) + list(config.methods)
+    epochs = 6
+
+    def runs(name):
+        floor = 1.0 + math.log2(rates.get(name, config.learning_rate) / (OPTIMUM * start)) ** 2
+        speed, seconds = (1, 1.0) if name in rates else (2, 1.2)
+        return [dict(seed=s, train_loss=[floor + max(0, epochs - speed * (e + 1)) for e in
+                                         range(epochs)],
+                     train_acc=[0.9] * epochs, test_loss=[1.0] * epochs,
+                     test_acc=[0.9] * epochs, epoch_time=[seconds] * epochs,
+                     diagnostics=[{}] * epochs) for s in range(config.seeds)]
+
+    results = dict(names=names, seeds=list(range(config.seeds)), steps_per_epoch=10,
+                   info={n: dict(compile_time=0.1, flops_per_step=None,
+                                 learning_rate=rates.get(n, config.learning_rate))
+                         for n in names},
+                   runs={n: runs(n) for n in names})
+    results["summary"] = report.summarize(results)
+    return report.sanitize(results)
+
+
+def test_tune_sweeps_to_the_interior_best_and_reports_against_it(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(config, workdir):
+        calls.append((config, workdir))
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(_fake_results(config), f)
+
+    monkeypatch.setattr(convergence, "train_and_evaluate", fake)
+    argv = ["--tune", "--tasks", "digits_mlp", "--bases", "sgd", "--methods", "kga",
+            "--seeds", "3", "--no-plots", "--output-dir", str(tmp_path)]
+    out = convergence.main(argv)
+    start = convergence.TASKS["digits_mlp"]["lr"]["sgd"]
+    rates = [c.learning_rate for c, _ in calls]
+    # Default-rate run (start, start/2, 2 start: the sweep's first three points), then
+    # the base alone at 4x and 8x start, then every method on top of 4x start.
+    assert rates == [start, 4 * start, 8 * start, 4 * start]
+    assert [c.methods for c, _ in calls] == [("kga",), (), (), ("kga",)]
+    assert calls[-1][0].base_lr_factors == () and calls[-1][1].endswith("digits_mlp_sgd_tuned")
+    (sweep,) = out["tuned"]["sweeps"]
+    assert sweep["learning_rate"] == 4 * start and sweep["interior"]
+    (row,) = out["tuned"]["rows"]
+    assert row["method"] == "kga" and row["learning_rate"] == 4 * start
+    # Base reaches its best at epoch 6 (6 s); kga at epoch 3 (3.6 s): per seed.
+    assert row["epochs_ratio"] == row["epochs_ratio_min"] == row["epochs_ratio_max"] == 0.5
+    assert row["time_ratio"] == pytest.approx(0.6)
+    (total,) = out["tuned"]["totals"]
+    assert total["median_time_ratio"] == pytest.approx(0.6) and total["goal_met"]
+    text = (tmp_path / "tuned.md").read_text()
+    assert "| digits_mlp | sgd | 2 (0.5) | kga | 3/3 | 0.60 [0.60-0.60] | 0.50" in text
+    assert "## Secondary view: the default rate" in text and "| kga | 1 | 0.60 |" in text
+    saved = json.loads((tmp_path / "tuned.json").read_text())
+    assert saved["rows"][0]["time_ratio"] == pytest.approx(0.6)
+    assert len(saved["default_rate_rows"]) == 1
+    # A second invocation reuses every run on disk.
+    calls.clear()
+    assert convergence.main(argv)["tuned"]["rows"] == out["tuned"]["rows"]
+    assert calls == []
+
+
+def test_method_totals_and_goals():
+    rows = [dict(method="kga", time_ratio=t, epochs_ratio=e, test_acc_diff=a)
+            for t, e, a in [(0.7, 0.6, 0.1), (0.8, 0.7, -0.2), (1.0, 0.5, 0.0)]]
+    (total,) = convergence.method_totals(rows)
+    assert total["median_time_ratio"] == 0.8 and total["median_epochs_ratio"] == 0.6
+    assert total["worst_time_ratio"] == 1.0 and total["acc_within"] == 3
+    assert not total["goal_met"]     # median time 0.8 > 0.75
+    rows = [dict(r, time_ratio=0.7) for r in rows] + [
+        dict(method="kga", time_ratio=None, epochs_ratio=None, test_acc_diff=None)]
+    (total,) = convergence.method_totals(rows)
+    assert total["worst_time_ratio"] == float("inf") and not total["goal_met"]
 
 
 def _write(path, obj):

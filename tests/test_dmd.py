@@ -156,18 +156,18 @@ def test_classify_eigenvalues():
 def test_increment_window_gram_is_exact_and_incremental():
     rng = np.random.default_rng(0)
     params = {"w": jnp.zeros((5, 3)), "b": jnp.zeros((4,))}
-    window = snapshots.init_window(params, 3)
+    window = snapshots.init_ring(params, 3)
     traj = [jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
             for _ in range(6)]
-    push = jax.jit(snapshots.push)
+    push = jax.jit(snapshots.ring_push)
     for p in traj:
         window = push(window, p)
-    assert int(snapshots.num_increments(window)) == 3 and bool(snapshots.is_full(window))
+    assert int(window.num_valid) == 3 and bool(snapshots.ring_is_full(window))
     flat = [np.concatenate([np.ravel(x) for x in jax.tree.leaves(p)]) for p in traj]
     incs = np.diff(np.array(flat), axis=0)[-3:]
-    np.testing.assert_allclose(window.gram, incs @ incs.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(snapshots.ring_gram(window), incs @ incs.T, rtol=1e-5, atol=1e-5)
     stored = np.array([np.concatenate([np.ravel(x) for x in jax.tree.leaves(d)])
-                       for d in window.increments])
+                       for d in snapshots.ring_increments(window)])
     np.testing.assert_allclose(stored, incs, rtol=1e-6, atol=1e-6)
 
 
@@ -177,13 +177,14 @@ def test_bf16_increments_keep_the_dynamics():
     lam = [0.9, 0.6]
     w = 100.0 + 1e-2 * linear_trajectory(lam, num_features=400, num_steps=6, seed=8)
     params = jnp.zeros((400,), jnp.float32)
-    win32 = snapshots.init_window(params, 5)
-    win16 = snapshots.init_window(params, 5, jnp.bfloat16)
+    win32 = snapshots.init_ring(params, 5)
+    win16 = snapshots.init_ring(params, 5, jnp.bfloat16)
     for x in w:
-        win32 = snapshots.push(win32, jnp.asarray(x, jnp.float32))
-        win16 = snapshots.push(win16, jnp.asarray(x, jnp.float32))
+        win32 = snapshots.ring_push(win32, jnp.asarray(x, jnp.float32))
+        win16 = snapshots.ring_push(win16, jnp.asarray(x, jnp.float32))
     for win, tol in ((win32, 2e-2), (win16, 5e-2)):
-        red = koopax.dmd.reduced_operator(win.gram[:-1, :-1], win.gram[:-1, 1:], rank=2,
+        gram = snapshots.ring_gram(win)
+        red = koopax.dmd.reduced_operator(gram[:-1, :-1], gram[:-1, 1:], rank=2,
                                           matrix_shape=(400, 4))
         vals = np.linalg.eigvals(np.asarray(red.operator)[:2, :2])
         assert max_eigenvalue_mismatch(vals, lam) < tol
@@ -199,3 +200,56 @@ def test_exact_dmd_rejects_bad_arguments(kwargs, name):
 def test_exact_dmd_rejects_too_few_snapshots():
     with pytest.raises(ValueError, match="snapshots"):
         koopax.exact_dmd(jnp.ones((1, 3)))
+
+
+def _nonfinite_cases():
+    w = np.asarray(linear_trajectory([0.9, 0.6], num_features=12, num_steps=6, seed=9),
+                   np.float32)
+    one_nan, one_inf, huge = w.copy(), w.copy(), w.copy()
+    one_nan[3, 5] = np.nan
+    one_inf[0, 0] = -np.inf
+    huge[2] = 1e30  # finite entries whose inner products overflow float32
+    tree = {"a": w[:, :4], "b": one_nan[:, 4:]}  # the NaN sits in one leaf only
+    return {"all_nan": np.full_like(w, np.nan), "one_nan": one_nan, "one_inf": one_inf,
+            "overflow": huge, "pytree_leaf": tree}
+
+
+# One rank policy and one mode (eager / jit) per case: the NaN path is the same
+# for every policy, and each exact_dmd compilation costs seconds on 2 cores.
+@pytest.mark.parametrize("case, rank, jit", [
+    ("all_nan", None, False), ("one_nan", 2, True), ("one_inf", "svht", True),
+    ("overflow", None, True), ("pytree_leaf", 2, False)])
+def test_nonfinite_snapshots_give_a_nan_dmd_of_rank_zero(case, rank, jit):
+    # Non-finite input is not read as "no dynamics" (rank 0 with zero
+    # eigenvalues, what a finite window without increments gives): every float
+    # field is NaN, rank is 0, shapes are those of a finite input, nothing raises.
+    snaps = jax.tree.map(jnp.asarray, _nonfinite_cases()[case])
+    fit = lambda s: koopax.exact_dmd(s, rank=rank)  # noqa: E731
+    dmd = jax.jit(fit)(snaps) if jit else fit(snaps)
+    clean = jax.eval_shape(fit, jax.tree.map(jnp.zeros_like, snaps))
+    assert jax.tree.map(jnp.shape, dmd) == jax.tree.map(lambda x: x.shape, clean)
+    assert int(dmd.rank) == 0
+    for field in (dmd.eigenvalues, dmd.amplitudes, dmd.singular_values,
+                  *jax.tree.leaves(dmd.modes)):
+        assert np.all(np.isnan(np.asarray(field))), field
+    # The documented check (the finite case is test_finite_snapshots_... below).
+    assert not bool(jnp.all(jnp.isfinite(dmd.eigenvalues)))
+    # Downstream use propagates the NaN instead of forecasting zeros.
+    first = jax.tree.map(lambda x: x[0], snaps)
+    assert all(np.all(np.isnan(np.asarray(x)))
+               for x in jax.tree.leaves(koopax.reconstruct(dmd, jnp.arange(3))))
+    assert all(np.all(np.isnan(np.asarray(x)))
+               for x in jax.tree.leaves(koopax.predict(dmd, first, 2)))
+
+
+def test_finite_snapshots_give_finite_fields():
+    # The contrast: finite windows never produce a NaN field, with dynamics or
+    # without (a constant window has no increments: rank 0 and zeros).
+    lam = [0.9, 0.6]
+    w = jnp.asarray(linear_trajectory(lam, num_features=12, num_steps=6, seed=9), jnp.float32)
+    dmd = koopax.exact_dmd(w)
+    assert int(dmd.rank) == 2 and bool(jnp.all(jnp.isfinite(dmd.eigenvalues)))
+    flat = koopax.exact_dmd(jnp.zeros((5, 7)))
+    assert int(flat.rank) == 0
+    for field in (flat.eigenvalues, flat.amplitudes, flat.singular_values, flat.modes):
+        assert np.all(np.asarray(field) == 0)

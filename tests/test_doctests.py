@@ -21,19 +21,20 @@ MODULES = sorted(
 
 # Modules whose public functions carry examples: a docstring edit that loses them
 # (or a finder that stops seeing them) fails here rather than passing silently.
-DOCUMENTED = ("koopax.control", "koopax.dmd", "koopax.kga", "koopax.masks",
-              "koopax.pdt", "koopax.snapshots", "koopax.tree_math")
+DOCUMENTED = ("koopax.acceleration", "koopax.analysis", "koopax.control", "koopax.dmd",
+              "koopax.kga_basis", "koopax.kga_masked", "koopax.kga_window",
+              "koopax.loss_tracking", "koopax.masks", "koopax.predictive_training",
+              "koopax.snapshots", "koopax.tree_math")
 
 
 def _doctests(name):
-    # import_module, not getattr: ``koopax.kga`` and ``koopax.pdt`` are also the
-    # names of the functions the package exports.
     module = importlib.import_module(name)
     return [t for t in doctest.DocTestFinder().find(module, name) if t.examples]
 
 
 def test_every_module_is_collected():
-    assert {"koopax.kga", "koopax.masks", "koopax.pdt", "koopax.tree_math"} <= set(MODULES)
+    assert {"koopax.kga_window", "koopax.masks", "koopax.predictive_training",
+            "koopax.tree_math"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", DOCUMENTED)

@@ -38,11 +38,11 @@ def methods():
     # whose small singular values amplify the reduction-order round-off of the
     # sharded Gram matrix beyond the tolerance of this float32 comparison.
     return {
-        "kga_kwm": koopax.kga(1.0, num_snapshots=5, snapshot_every=2, rank="svht",
-                              mask=koopax.masks.kwm(0.05, window=3, relative=True,
-                                                    capacity=0.5, rank="svht")),
-        "kga_norm": koopax.kga(1.0, num_snapshots=5, snapshot_every=2, rank="svht",
-                               mask=koopax.masks.norm(0.2, capacity=0.75)),
+        "kga_kwm": koopax.masked_kga(koopax.masks.kwm(0.05, window=3, relative=True,
+                                                      capacity=0.5, rank="svht"),
+                                     1.0, num_snapshots=5, snapshot_every=2, rank="svht"),
+        "kga_norm": koopax.masked_kga(koopax.masks.norm(0.2, capacity=0.75), 1.0,
+                                      num_snapshots=5, snapshot_every=2, rank="svht"),
         # horizon 1: longer unmasked jumps diverge on this problem (as in the benchmarks).
         "dogra": koopax.dmd_prediction(num_snapshots=4, snapshot_every=2, horizon=1,
                                        mode="dogra", rank="svht"),

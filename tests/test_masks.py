@@ -195,7 +195,7 @@ def _make_step(tx, grad):
 def test_kga_kwm_masks_frozen_weights_and_only_grows():
     params, hess, grad = _quadratic()
     mk = masks.kwm(1e-4, window=4, capacity=0.75)
-    tx = optax.chain(optax.sgd(0.9), koopax.kga(0.5, num_snapshots=6, snapshot_every=2, mask=mk))
+    tx = optax.chain(optax.sgd(0.9), koopax.masked_kga(mk, 0.5, num_snapshots=6, snapshot_every=2))
     step = _make_step(tx, grad)
     p, st = params, tx.init(params)
     kept_hist = []
@@ -203,7 +203,7 @@ def test_kga_kwm_masks_frozen_weights_and_only_grows():
         p, st, _, _ = step(p, st)
         s = st[1]
         if bool(s.compact):
-            kept_hist.append(_flat(koopax.masked_kga.kept_weights(s, p)))
+            kept_hist.append(_flat(koopax.masked_kga_kept(s, p)))
     assert step._cache_size() == 1
     assert len(kept_hist) > 10
     for a, b in zip(kept_hist[:-1], kept_hist[1:]):
@@ -226,8 +226,8 @@ def test_kga_kwm_masks_frozen_weights_and_only_grows():
 def test_kga_mask_keeping_everything_equals_kga():
     params, _, grad = _quadratic()
     plain = optax.chain(optax.sgd(0.9), koopax.kga(0.5, num_snapshots=5, snapshot_every=2))
-    masked = optax.chain(optax.sgd(0.9), koopax.kga(0.5, num_snapshots=5, snapshot_every=2,
-                                                    mask=masks.norm(0.0, capacity=1.0)))
+    masked = optax.chain(optax.sgd(0.9), koopax.masked_kga(masks.norm(0.0, capacity=1.0), 0.5,
+                                                           num_snapshots=5, snapshot_every=2))
     out = []
     for tx in (plain, masked):
         step = _make_step(tx, grad)
@@ -246,7 +246,7 @@ def norm_run():
     """One compiled norm-masked KGA update shared by the tests below."""
     params, _, grad = _quadratic()
     mk = masks.norm(0.6, capacity=0.5, start=7)
-    tx = optax.chain(optax.sgd(0.9), koopax.kga(0.5, num_snapshots=5, snapshot_every=2, mask=mk))
+    tx = optax.chain(optax.sgd(0.9), koopax.masked_kga(mk, 0.5, num_snapshots=5, snapshot_every=2))
     update = jax.jit(tx.update)
 
     def step(p, st, g=None):
@@ -270,7 +270,7 @@ def test_kga_mask_base_update_on_masked_weights_and_no_recompile(norm_run):
             saw_full = True
             continue
         saw_compact = True
-        kept = _flat(koopax.masked_kga.kept_weights(s, p_prev))
+        kept = _flat(koopax.masked_kga_kept(s, p_prev))
         np.testing.assert_array_equal(_flat(u)[~kept], base[~kept])
     assert saw_full and saw_compact
     assert update._cache_size() == 1
@@ -281,7 +281,7 @@ def test_kga_mask_base_update_on_masked_weights_and_no_recompile(norm_run):
     assert int(s.num_stable) > 0
     assert not np.allclose(_flat(u)[kept], base[kept])  # kept weights accelerated
     # Compact window shapes: capacity 0.5 -> 256 slots for w (512), all 32 for b.
-    from koopax.masked_kga import compact_slots
+    from koopax.kga_masked import compact_slots
 
     assert [x.shape for x in compact_slots(s)] == [(4, 32), (4, 256)]
     # Masking keeps no second m x N buffer: the compact slots live in the full ones.
@@ -301,7 +301,7 @@ def test_kga_mask_nonfinite_inputs_keep_compact_state_clean(norm_run):
     nan_g = jax.tree.map(lambda x: x.at[0].set(jnp.nan), grad(p))
     _, st2, _, u = step(p, st, nan_g)  # count 24: a snapshot step
     s = st2[1]
-    from koopax.masked_kga import compact_slots
+    from koopax.kga_masked import compact_slots
 
     for leaf in jax.tree.leaves((s.compact_window, compact_slots(s), s.coefficients,
                                  s.operator_norm)):
@@ -334,9 +334,8 @@ def test_kga_mask_nonfinite_inputs_keep_compact_state_clean(norm_run):
     (lambda: masks.kwm(-1e-3), "epsilon"),
     (lambda: masks.kwm(1e-3, neutral_epsilon=1.5), "neutral_epsilon"),
     (lambda: masks.kwm(1e-3, rank=0), "rank"),
-    (lambda: koopax.kga(mask=masks.norm(0.1), efficient=True), "mask"),
-    (lambda: koopax.kga(mask="norm"), "mask"),
-    (lambda: koopax.kga(num_snapshots=4, mask=masks.delta(0.1, window=5)), "num_snapshots"),
+    (lambda: koopax.masked_kga("norm"), "mask"),
+    (lambda: koopax.masked_kga(masks.delta(0.1, window=5), num_snapshots=4), "num_snapshots"),
     (lambda: masks.leaf_capacities(-2, {"a": jnp.zeros(3)}), "capacity"),
 ])
 def test_bad_arguments(make, name):

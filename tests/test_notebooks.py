@@ -25,7 +25,7 @@ def _execute(name, monkeypatch):
     return nb
 
 
-@pytest.mark.parametrize("name", ["kga_vs_optax.py", "training_dynamics.py"])
+@pytest.mark.parametrize("name", ["analyses.py", "kga_vs_optax.py", "training_dynamics.py"])
 def test_notebook_runs(name, monkeypatch):
     nb = _execute(name, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]

@@ -15,7 +15,7 @@ import pytest
 from koopax import baselines, prediction, snapshots, tree_math
 
 # koopax.pdt is also the name of the function exported by the package.
-pdt_lib = importlib.import_module("koopax.pdt")
+pdt_lib = importlib.import_module("koopax.predictive_training")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,9 +123,9 @@ def _predict_jit(window, tau):
 def test_prediction_lands_on_future_iterate_of_affine_recurrence(tau):
     loss, _, _ = _quadratic()
     path = _gd_path(loss, {"w": jnp.array([1.0, -2.0, 3.0])}, 0.1, 20)
-    window = snapshots.init_window(path[0], 4)           # 4 increments, 3 pairs >= n
+    window = snapshots.init_ring(path[0], 4)             # 4 increments, 3 pairs >= n
     for t in range(6):
-        window = snapshots.push(window, path[t])
+        window = snapshots.ring_push(window, path[t])
     disp, info = _predict_jit(window, tau)
     assert int(info.rank) == 3 and bool(info.finite)
     predicted = path[5]["w"] + disp["w"]
@@ -356,23 +356,42 @@ def test_pop_inverts_push():
     assert bool(snapshots.ring_is_full(again))
 
 
-def test_ring_window_matches_the_shift_register():
+def test_ring_window_matches_numpy():
+    """Ring order, per-leaf and total Gram matrices, combinations and the rows
+    of ``ring_push_rows`` against increments kept by plain NumPy."""
     rng = np.random.RandomState(1)
     tree = {"a": jnp.asarray(rng.randn(7), jnp.float32), "b": jnp.asarray(rng.randn(2, 3))}
-    ring, shift = snapshots.init_ring(tree, 4), snapshots.init_window(tree, 4)
+    ring = snapshots.init_ring(tree, 4)
     coef = jnp.asarray([0.5, -1.0, 2.0])
     like = jax.tree.map(jnp.zeros_like, tree)
+    flat = lambda t: [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(t)]
+    history = []
+    push = jax.jit(snapshots.ring_push_rows)
     for i in range(9):
-        w = jax.tree.map(lambda x: x * (0.8 ** i) + 0.01 * i, tree)
-        ring, shift = snapshots.ring_push(ring, w), snapshots.push(shift, w)
-        assert bool(snapshots.ring_is_full(ring)) == bool(snapshots.is_full(shift))
-        if snapshots.is_full(shift):
-            np.testing.assert_allclose(snapshots.ring_gram(ring), shift.gram, rtol=1e-5,
-                                       atol=1e-7)
-            got = snapshots.ring_combination(ring, coef, like)
-            want = tree_math.tree_combination(shift.increments[:3], coef, like)
-            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        w = jax.tree.map(lambda x: x * (0.8 ** i) + 0.01 * i * x ** 2, tree)
+        old = ring
+        ring, rows = push(ring, w)
+        history.append(flat(w))
+        incs = [[b - a for a, b in zip(p, q)] for p, q in zip(history[:-1], history[1:])][-4:]
+        assert bool(snapshots.ring_is_full(ring)) == (len(incs) == 4)
+        if i >= 1:   # rows: the new increment against the slots it found
+            new = incs[-1]
+            for leaf in range(2):
+                slots = np.asarray(jax.tree.leaves(old.slots)[leaf], np.float64)
+                want = slots.reshape(4, -1) @ new[leaf]
+                np.testing.assert_allclose(rows[leaf], want, rtol=1e-5, atol=1e-6)
+        if len(incs) == 4:
+            per_leaf = [np.stack([d[leaf] for d in incs]) for leaf in range(2)]
+            order = np.asarray(snapshots.ring_order(ring))
+            for leaf in range(2):
+                g = np.asarray(ring.leaf_grams[leaf])[order][:, order]
+                np.testing.assert_allclose(g, per_leaf[leaf] @ per_leaf[leaf].T, rtol=1e-5,
+                                           atol=1e-6)
+            x = np.concatenate(per_leaf, axis=1)
+            np.testing.assert_allclose(snapshots.ring_gram(ring), x @ x.T, rtol=1e-5, atol=1e-6)
+            got = flat(snapshots.ring_combination(ring, coef, like))
+            want = np.asarray(coef) @ x[:3]
+            np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-5, atol=1e-6)
 
 
 def test_without_value_nothing_is_rolled_back():
@@ -641,7 +660,7 @@ def test_nonfinite_prediction_never_reaches_the_weights():
     for _ in range(7):                        # the first jump completes at step 7
         params, state, _ = step(params, state, jnp.float32(0.0))
     windows = state[1].windows
-    poisoned = windows[0]._replace(gram=windows[0].gram.at[0, 0].set(jnp.nan))
+    poisoned = windows[0]._replace(leaf_grams=windows[0].leaf_grams.at[:, 0, 0].set(jnp.nan))
     state = (state[0], state[1]._replace(windows=(poisoned,)))
     expected, _ = optax.adam(1e-2).update(jax.grad(loss)(params), state[0], params)
     new_params, state, updates = step(params, state, jnp.float32(0.0))

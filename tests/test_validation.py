@@ -16,11 +16,10 @@ from koopax import masks, validation
     (dict(alpha=jnp.ones(2)), "alpha"),
     (dict(epsilon="0.01"), "epsilon"), (dict(epsilon=None), "epsilon"),
     (dict(epsilon=1.5), "epsilon"),
-    (dict(efficient="yes"), "efficient"), (dict(efficient=2), "efficient"),
-    (dict(efficient=None), "efficient"), (dict(efficient="no"), "efficient"),
+    (dict(apply_every="yes"), "apply_every"), (dict(apply_every=0), "apply_every"),
+    (dict(apply_every=True), "apply_every"), (dict(apply_every=2.0), "apply_every"),
     (dict(max_gain="10"), "max_gain"), (dict(max_gain=None), "max_gain"),
     (dict(max_gain=1.0), "max_gain"),
-    (dict(efficient=True, refresh_every=True), "refresh_every"),
     (dict(rcond="0.1"), "rcond"), (dict(rcond=1.0), "rcond"),
 ])
 def test_kga_rejects(kwargs, name):
@@ -34,11 +33,11 @@ def test_kga_accepts_scalar_arrays_and_traced_hyperparameters():
     params = {"w": jnp.ones(3)}
     partial = optax.inject_hyperparams(koopax.kga, static_args=("num_snapshots",
                                                                 "snapshot_every"))
-    with pytest.raises(TypeError, match="refresh_every.*static_args"):
+    with pytest.raises(TypeError, match="apply_every.*static_args"):
         tx = partial(alpha=1.0, num_snapshots=4, snapshot_every=1)
         jax.jit(tx.update)(params, tx.init(params), params)
     tx = optax.inject_hyperparams(koopax.kga, static_args=(
-        "num_snapshots", "snapshot_every", "refresh_every", "rcond"))(
+        "num_snapshots", "snapshot_every", "apply_every", "rcond"))(
         alpha=1.0, num_snapshots=4, snapshot_every=1)
     state = tx.init(params)
     updates, _ = jax.jit(tx.update)(params, state, params)
@@ -70,9 +69,9 @@ def test_masks_reject(make, name):
 def _transformations():
     return {
         "kga": koopax.kga(1.0, num_snapshots=4, snapshot_every=1),
-        "kga_efficient": koopax.kga(1.0, num_snapshots=4, snapshot_every=1, efficient=True),
-        "kga_masked": koopax.kga(1.0, num_snapshots=4, snapshot_every=1,
-                                 mask=masks.norm(0.5, capacity=0.5)),
+        "kga_efficient": koopax.efficient_kga(1.0, num_snapshots=4, snapshot_every=1),
+        "kga_masked": koopax.masked_kga(masks.norm(0.5, capacity=0.5), 1.0, num_snapshots=4,
+                                        snapshot_every=1),
         "pdt": koopax.pdt(snapshot_every=2),
         "dogra": koopax.dmd_prediction(snapshot_every=2),
     }

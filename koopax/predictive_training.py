@@ -232,7 +232,7 @@ def authors_rule(loss, history, num_losses, horizon, interval):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax.pdt import authors_rule
+      >>> from koopax.predictive_training import authors_rule
       >>> tau, t, _, _ = authors_rule(jnp.float32(3.0), jnp.array([1.0, 2.0]), 3, 5, 1)
       >>> int(tau), int(t)
       (3, 1)

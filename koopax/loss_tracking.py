@@ -1,0 +1,148 @@
+"""Running loss statistics and the rise test shared by KGA's valve and PDT.
+
+The loss ``value`` of each step is folded into Welford's running mean and sum
+of squared deviations over a period (an epoch, or the steps between two
+snapshots); a period *rose* over a reference period when::
+
+    L - L_ref > max(tolerance |L_ref|, noise_tolerance sqrt(e^2 + e_ref^2))
+
+with ``e`` the standard errors of the two means, or when ``L`` is not finite.
+
+References:
+  Welford, *Note on a method for calculating corrected sums of squares and
+  products*, Technometrics 4(3), 1962.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class LossStats(NamedTuple):
+    """Running statistics of the loss over a period.
+
+    Attributes:
+      count: int32 losses seen.
+      mean: float32 running mean (+inf once a non-finite loss was seen).
+      m2: float32 running sum of squared deviations.
+    """
+
+    count: jax.Array
+    mean: jax.Array
+    m2: jax.Array
+
+
+def init_stats() -> LossStats:
+    """Empty statistics."""
+    return LossStats(jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32),
+                     jnp.zeros((), jnp.float32))
+
+
+def track(stats: LossStats, value) -> LossStats:
+    """Folds one loss into the statistics (a non-finite loss counts as +inf).
+
+    Examples:
+      >>> from koopax import loss_tracking
+      >>> stats = loss_tracking.init_stats()
+      >>> for v in (1.0, 2.0, 3.0):
+      ...     stats = loss_tracking.track(stats, v)
+      >>> mean, error, seen = loss_tracking.summary(stats)
+      >>> float(mean), round(float(error), 4), bool(seen)  # std 1, 3 samples
+      (2.0, 0.5774, True)
+    """
+    v = jnp.asarray(value, jnp.float32)
+    v = jnp.where(jnp.isfinite(v), v, jnp.inf)
+    n = stats.count + 1
+    delta = v - stats.mean
+    mean = stats.mean + delta / n.astype(jnp.float32)
+    return LossStats(n, mean, stats.m2 + delta * (v - mean))
+
+
+def summary(stats: LossStats):
+    """``(mean, standard error, seen)`` of the period."""
+    n = jnp.maximum(stats.count, 1).astype(jnp.float32)
+    var = stats.m2 / jnp.maximum(n - 1.0, 1.0)
+    noise = jnp.sqrt(jnp.maximum(var, 0.0) / n)
+    return stats.mean, jnp.where(jnp.isfinite(noise), noise, 0.0), stats.count > 0
+
+
+def rose(loss, noise, ref_loss, ref_noise, *, tolerance, noise_tolerance):
+    """True when ``loss`` is worse than ``ref_loss`` beyond tolerance and noise, or not finite.
+
+    Examples:
+      >>> from koopax import loss_tracking
+      >>> rose = lambda l, e: bool(loss_tracking.rose(l, e, 1.0, 0.1, tolerance=0.0,
+      ...                                               noise_tolerance=2.0))
+      >>> rose(1.2, 0.1), rose(1.4, 0.1), rose(float("nan"), 0.0)
+      (False, True, True)
+    """
+    margin = jnp.maximum(tolerance * jnp.abs(ref_loss),
+                         noise_tolerance * jnp.sqrt(noise**2 + ref_noise**2))
+    both = jnp.isfinite(loss) & jnp.isfinite(ref_loss)
+    return ~jnp.isfinite(loss) | (both & (loss - ref_loss > margin))
+
+
+class Valve(NamedTuple):
+    """KGA's loss-aware safety valve.
+
+    Attributes:
+      stats: the current period's :class:`LossStats`.
+      reference: ``(mean, standard error)`` float32 of the latest period
+        with a finite mean.
+      has_reference: bool, ``reference`` is set.
+      scale: float32 factor in ``(0, 1]`` on ``alpha``.
+      num_backoffs: int32 periods whose loss rose, each halving ``scale``.
+    """
+
+    stats: LossStats
+    reference: jax.Array
+    has_reference: jax.Array
+    scale: jax.Array
+    num_backoffs: jax.Array
+
+
+BACKOFF = 0.5
+RECOVERY = 1.25
+NOISE_TOLERANCE = 2.0
+
+
+def init_valve() -> Valve:
+    """A valve at ``scale = 1`` with no reference period."""
+    return Valve(init_stats(), jnp.zeros((2,), jnp.float32), jnp.array(False),
+                 jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32))
+
+
+def close_period(valve: Valve) -> Valve:
+    """Ends a period: halve ``scale`` if its loss rose over the previous one, else recover.
+
+    A rise (:func:`rose`, ``noise_tolerance = 2``, no relative tolerance)
+    multiplies ``scale`` by ``BACKOFF = 0.5``; a period that did not rise
+    multiplies it by ``RECOVERY = 1.25`` up to 1. A period without any loss
+    (``value`` never passed) changes nothing.
+
+    Examples:
+      >>> from koopax import loss_tracking as lt
+      >>> valve = lt.init_valve()
+      >>> for losses in ([2.0, 2.0], [1.0, 1.0], [3.0, 3.0], [1.0, 1.0]):
+      ...     for v in losses:
+      ...         valve = valve._replace(stats=lt.track(valve.stats, v))
+      ...     valve = lt.close_period(valve)
+      ...     print(float(valve.scale), int(valve.num_backoffs))
+      1.0 0
+      1.0 0
+      0.5 1
+      0.625 1
+    """
+    mean, noise, seen = summary(valve.stats)
+    ref_mean, ref_noise = valve.reference[0], valve.reference[1]
+    up = seen & valve.has_reference & rose(mean, noise, ref_mean, ref_noise, tolerance=0.0,
+                                           noise_tolerance=NOISE_TOLERANCE)
+    scale = jnp.where(up, valve.scale * BACKOFF,
+                      jnp.where(seen, jnp.minimum(valve.scale * RECOVERY, 1.0), valve.scale))
+    new_ref = seen & jnp.isfinite(mean)
+    reference = jnp.where(new_ref, jnp.stack([mean, noise]), valve.reference)
+    return Valve(init_stats(), reference.astype(jnp.float32), valve.has_reference | new_ref,
+                 scale.astype(jnp.float32), valve.num_backoffs + up.astype(jnp.int32))
