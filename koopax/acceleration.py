@@ -293,8 +293,8 @@ def close_valve(state, take, value):
 
 
 def usable_scale(state, alpha, max_gain, ready):
-    """``(s, active)``: the gain scale and whether a correction applies now."""
-    scale = gain_scale(alpha * state.valve.scale, max_gain, state.operator_norm)
+    """``(s, active)``: the valve's scale times the gain scale, and whether a correction applies now."""
+    scale = state.valve.scale * gain_scale(alpha, max_gain, state.operator_norm)
     return scale, ready & (scale > 0) & (state.num_stable > 0)
 
 

@@ -148,7 +148,7 @@ def _columns(state):
 
 
 def efficient_kga(
-    alpha: jax.typing.ArrayLike = 1.0,
+    alpha: jax.typing.ArrayLike = 2.0,
     *,
     num_snapshots: int = 6,
     snapshot_every: int = 100,
@@ -166,9 +166,10 @@ def efficient_kga(
     Args:
       alpha, num_snapshots, snapshot_every, epsilon, rank, max_gain, rcond:
         as in :func:`koopax.kga`.
-      apply_every: ``k``: ``1`` corrects every update; ``k > 1`` (``None``:
-        ``snapshot_every``) corrects the sum of ``k`` base updates, kept in one
-        parameter-sized buffer.
+      apply_every: ``k``: ``1`` (default) corrects every update; ``k > 1``
+        (``None``: ``snapshot_every``) corrects the sum of ``k`` base updates,
+        kept in one parameter-sized buffer: ``N`` more memory, which is what
+        Efficient-KGA exists to save, hence not the default.
       basis_size: directions stored (default ``h - 2``, or ``rank`` when an int).
       refresh_every: snapshots between re-orientations of the basis towards
         the principal directions of the latest increments; ``None`` fixes the
@@ -222,7 +223,7 @@ def efficient_kga(
             num_snapshots=jnp.zeros((), jnp.int32),
             pending=jax.tree.map(jnp.zeros_like, params) if apply_every > 1 else (),
             valve=loss_tracking.init_valve(),
-            **acceleration.operator_fields(size, size))
+            **acceleration.operator_fields(size, m - 1))
 
     def record(carry, params):
         state, updates = carry

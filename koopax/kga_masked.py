@@ -114,7 +114,8 @@ class MaskedKGAState(NamedTuple):
         ``u + s Z^T K Z u`` with ``Z`` the live window's slots (the newest
         slot's row and column are zero).
       valve, operator_norm, eigenvalues, rank, num_stable, num_refreshes,
-      num_nonfinite, num_clipped: as in :class:`koopax.KGAState`.
+      num_nonfinite, num_clipped, applied: as in :class:`koopax.KGAState`
+      (``applied`` in the live window's slot coordinates).
     """
 
     count: jax.Array
@@ -136,6 +137,7 @@ class MaskedKGAState(NamedTuple):
     num_nonfinite: jax.Array
     num_clipped: jax.Array
     valve: loss_tracking.Valve
+    applied: jax.Array
 
 
 def _correct_compact(carry, coefficients, scale, max_gain):
@@ -162,6 +164,15 @@ def _correct_compact(carry, coefficients, scale, max_gain):
             full_slots, indices)
 
 
+def _compact_add(updates, full_slots, indices, correction):
+    """``u_I + X_I a`` scattered back (the compact slots are prefixes of ``full_slots``)."""
+    slots = _prefix_views(full_slots, indices)
+    dc = tuple(jnp.matmul(a, s.astype(jnp.float32), precision=_HIGHEST)
+               for a, s in zip(correction.coefficients, slots))
+    dc = tuple(d.astype(u.dtype) for d, u in zip(dc, jax.tree.leaves(updates)))
+    return masks.scatter_add(updates, indices, dc)
+
+
 def _compact_ring(last, slots, num_snapshots):
     """A compact ring (slots held elsewhere) over ``slots`` (``(m, c_l)`` per leaf)."""
     m = slots[0].shape[0] if slots else 1
@@ -172,10 +183,11 @@ def _compact_ring(last, slots, num_snapshots):
 
 def masked_kga(
     mask: masks.Mask,
-    alpha=1.0,
+    alpha=2.0,
     *,
     num_snapshots: int = 6,
     snapshot_every: int = 100,
+    apply_every: int | None = None,
     epsilon=1e-2,
     rank="svht",
     snapshot_dtype=None,
@@ -188,7 +200,10 @@ def masked_kga(
       mask: a :class:`koopax.masks.Mask` (``masks.kwm``, ``masks.norm``,
         ``masks.delta``); ``num_snapshots`` must be at least ``mask.min_snapshots``.
       alpha, num_snapshots, snapshot_every, epsilon, rank, snapshot_dtype,
-        max_gain, rcond: as in :func:`koopax.kga` (every update is corrected).
+        max_gain, rcond: as in :func:`koopax.kga`.
+      apply_every: ``1`` corrects every update (on compact vectors), ``None``
+        or ``snapshot_every`` the newest increment at each snapshot (nothing
+        between snapshots). Other values: ValueError.
 
     Examples:
       Norm masking keeps the weights with ``|w| >= 0.5``; the small one is
@@ -212,13 +227,18 @@ def masked_kga(
     if not isinstance(mask, masks.Mask):
         raise ValueError(f"mask must be a koopax.masks.Mask; got {type(mask).__name__}.")
     acceleration.validate(alpha=alpha, num_snapshots=num_snapshots,
-                          snapshot_every=snapshot_every, apply_every=1, epsilon=epsilon,
+                          snapshot_every=snapshot_every, apply_every=apply_every,
+                          epsilon=epsilon,
                           rank=rank, snapshot_dtype=snapshot_dtype, max_gain=max_gain,
                           rcond=rcond, max_rank=num_snapshots - 2)
     if num_snapshots < mask.min_snapshots:
         raise ValueError(
             f"num_snapshots must be >= {mask.min_snapshots} for the {mask.name} mask "
             f"(its window); got {num_snapshots}.")
+    if apply_every not in (1, None, snapshot_every):
+        raise ValueError(f"apply_every must be 1, None or snapshot_every={snapshot_every} "
+                         f"for masked KGA; got {apply_every!r}.")
+    increment = apply_every != 1
     m = num_snapshots - 1
     start = max(num_snapshots, mask.start or 0)
     common = dict(epsilon=epsilon, rank=rank, rcond=rcond)
@@ -245,6 +265,7 @@ def masked_kga(
             masked_fraction=jnp.zeros((), jnp.float32),
             num_mask_updates=jnp.zeros((), jnp.int32),
             valve=loss_tracking.init_valve(),
+            applied=jnp.zeros((len(sizes), m), jnp.float32),
             **acceleration.operator_fields(m, m - 1),
         )
 
@@ -276,18 +297,27 @@ def masked_kga(
             masked_fraction=(excluded_total / sum(sizes)).astype(jnp.float32),
             num_mask_updates=state.num_mask_updates + 1)
 
-    def record_full(state, params, sizes, caps):
-        state = state._replace(window=snapshots.ring_push(state.window, params))
-        due = snapshots.ring_is_full(state.window) & (state.window.num_snapshots >= start)
-        return maybe_apply(due, lambda st: to_compact(st, sizes, caps), state)
+    def push_full(state, params):
+        """Pushes the full window; returns the state, the rows and the old Gram matrices."""
+        old = state.window.leaf_grams
+        window, rows = snapshots.ring_push_rows(state.window, params)
+        return state._replace(window=window), rows, old
 
-    def record_compact(state, params, sizes):
+    def push_compact(state, params):
         cw = state.compact_window._replace(slots=compact_slots(state))
-        cw = snapshots.ring_push(cw, masks.gather(params, state.indices))
-        state = state._replace(compact_window=cw._replace(slots=None),
-                               window=_store_compact(state.window, cw.slots))
-        due = (cw.num_snapshots - state.last_decision) >= mask.every
-        return maybe_apply(due, lambda st: shrink(st, sizes), state)
+        old = cw.leaf_grams
+        cw, rows = snapshots.ring_push_rows(cw, masks.gather(params, state.indices))
+        return state._replace(compact_window=cw._replace(slots=None),
+                              window=_store_compact(state.window, cw.slots)), rows, old
+
+    def decide(state, sizes, caps):
+        """The mask decisions due at this snapshot (transition, then shrinking)."""
+        first = (~state.compact & snapshots.ring_is_full(state.window)
+                 & (state.window.num_snapshots >= start))
+        again = state.compact & (
+            (state.compact_window.num_snapshots - state.last_decision) >= mask.every)
+        state = maybe_apply(again, lambda st: shrink(st, sizes), state)
+        return maybe_apply(first, lambda st: to_compact(st, sizes, caps), state), first | again
 
     def refresh(state, caps):
         """One operator for whichever window is live (a single compiled refresh)."""
@@ -305,13 +335,53 @@ def masked_kga(
             acceleration.slot_coefficients(op.coefficients, order))
 
     def record(carry, params, sizes, caps):
+        """Push, refresh, correct the newest increment (``increment``), decide, refresh.
+
+        The correction's coefficients stay valid through a decision: the kept
+        weights' slots are the same slots restricted, so ``X_I a`` is the
+        restriction of ``X a``.
+        """
         state, updates = carry
+        num_leaves = len(sizes)
+        carry = (state, jnp.zeros((num_leaves, m), jnp.float32),
+                 jnp.zeros((num_leaves, m, m), jnp.float32), params)
         was_compact = state.compact
-        state, params = maybe_apply(
-            ~was_compact, lambda c: (record_full(*c, sizes, caps), c[1]), (state, params))
-        state, params = maybe_apply(
-            was_compact, lambda c: (record_compact(*c, sizes), c[1]), (state, params))
-        return refresh(state, caps), updates
+        carry = maybe_apply(~was_compact, lambda c: (*push_full(c[0], c[3]), c[3]), carry)
+        state, rows, old, _ = maybe_apply(was_compact,
+                                          lambda c: (*push_compact(c[0], c[3]), c[3]), carry)
+        state = refresh(state, caps)
+        if increment:
+            state, updates = correct_increment(state, updates, rows, old)
+        state, decided = decide(state, sizes, caps)
+        return maybe_apply(decided, lambda st: refresh(st, caps), state), updates
+
+    def correct_increment(state, updates, rows, old):
+        """Corrects the newest increment in the live window's coordinates (see koopax.kga)."""
+        cw, w = state.compact_window, state.window
+        live = RingWindow(None, None, *jax.tree.map(
+            lambda a, b: jnp.where(state.compact, a, b),
+            (cw.leaf_grams, cw.num_snapshots, cw.num_valid),
+            (w.leaf_grams, w.num_snapshots, w.num_valid)))
+        slot = snapshots.newest_slot(live)
+        products, cross = acceleration.residual_products(rows, old, state.applied)
+        base_sq = live.leaf_grams[:, slot, slot] + cross
+        scale, active = acceleration.usable_scale(
+            state, alpha, max_gain, snapshots.ring_is_full(live))
+        state = state._replace(applied=jnp.zeros_like(state.applied))
+
+        def correct(c):
+            st, u, full_slots = c
+            corr = acceleration.bounded_correction(products, base_sq, live.leaf_grams,
+                                                   st.coefficients, scale, max_gain)
+            u = jax.lax.cond(st.compact, lambda: _compact_add(u, full_slots, st.indices, corr),
+                             lambda: acceleration.add_combination(u, full_slots, corr))
+            return acceleration.count_correction(st._replace(applied=corr.coefficients), corr), \
+                u, full_slots
+
+        state, updates, full_slots = maybe_apply(
+            active, correct, (state._replace(window=state.window._replace(slots=None)),
+                              updates, state.window.slots))
+        return state._replace(window=state.window._replace(slots=full_slots)), updates
 
     def full_columns(state):
         return state.window.slots, state.window.leaf_grams
@@ -325,6 +395,8 @@ def masked_kga(
         state, updates = maybe_record(
             take, lambda c, p: acceleration.record_if_finite(
                 lambda cc, pp: record(cc, pp, sizes, caps), c, p), (state, updates), params)
+        if increment:
+            return updates, state._replace(count=optax.safe_increment(state.count))
         state, updates = acceleration.correct_target(
             state, updates, updates, full_columns,
             ~state.compact & snapshots.ring_is_full(state.window), alpha, max_gain)

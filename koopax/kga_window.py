@@ -107,11 +107,11 @@ def _strategy(apply_every, snapshot_every) -> str:
 
 
 def kga(
-    alpha: jax.typing.ArrayLike = 1.0,
+    alpha: jax.typing.ArrayLike = 2.0,
     *,
     num_snapshots: int = 6,
     snapshot_every: int = 100,
-    apply_every: int | None = 1,
+    apply_every: int | None = None,
     epsilon: jax.typing.ArrayLike = 1e-2,
     rank: int | float | str | None = "svht",
     snapshot_dtype=None,

@@ -46,10 +46,11 @@ def train(tx, loss, params, steps, nan_at=None, value=False):
     return params, state, np.array(losses), step
 
 
-FACTORIES = {
-    "kga": koopax.kga,
-    "efficient": koopax.efficient_kga,
-    "efficient-fixed": functools.partial(koopax.efficient_kga, refresh_every=None),
+FACTORIES = {   # every update corrected (apply_every=1) unless the name says otherwise
+    "kga": functools.partial(koopax.kga, apply_every=1),
+    "efficient": functools.partial(koopax.efficient_kga, apply_every=1),
+    "efficient-fixed": functools.partial(koopax.efficient_kga, refresh_every=None,
+                                         apply_every=1),
     "kga-increment": functools.partial(koopax.kga, apply_every=None),
     "kga-sum": functools.partial(koopax.kga, apply_every=2),
 }
@@ -126,7 +127,8 @@ def test_update_matches_the_paper_equations_and_scales_stable_modes():
     # The next call records no snapshot (count % 1 == 0 records: feed the same
     # weights again would add a zero increment), so check with snapshot_every=1
     # on a copy of the state whose count is shifted to a non-snapshot step.
-    tx2 = koopax.kga(0.7, num_snapshots=h, snapshot_every=1000, epsilon=0.02, rank=3)
+    tx2 = koopax.kga(0.7, num_snapshots=h, snapshot_every=1000, epsilon=0.02, rank=3,
+                     apply_every=1)
     out, _ = tx2.update(jnp.asarray(u, jnp.float32), state._replace(count=jnp.int32(1)),
                         jnp.zeros(n))
     ref, _ = numpy_kga_reference(snaps, u, 0.7, 0.02)
@@ -236,7 +238,8 @@ def test_nan_gradient_never_enters_the_state(variant):
 
 def test_non_finite_acceleration_falls_back_to_the_base_update():
     loss, params = quadratic_problem()
-    tx = optax.chain(optax.sgd(0.5), koopax.kga(5.0, num_snapshots=4, snapshot_every=5))
+    tx = optax.chain(optax.sgd(0.5), koopax.kga(5.0, num_snapshots=4, snapshot_every=5,
+                                                apply_every=1))
     _, state, _, _ = train(tx, loss, params, 40)
     kstate = state[1]._replace(count=jnp.int32(1))
     assert int(kstate.num_stable) >= 1
@@ -244,7 +247,7 @@ def test_non_finite_acceleration_falls_back_to_the_base_update():
     # overflow once amplified: the base update must come back unchanged.
     huge = jax.tree.map(lambda x: jnp.full(x.shape, 3e30, x.dtype), params)
     kstate = kstate._replace(coefficients=kstate.coefficients * 1e30)
-    tx_k = koopax.kga(5.0, num_snapshots=4, snapshot_every=5)
+    tx_k = koopax.kga(5.0, num_snapshots=4, snapshot_every=5, apply_every=1)
     out, new = jax.jit(tx_k.update)(huge, kstate, params)
     assert_trees_equal(out, huge)
     assert int(new.num_nonfinite) == int(kstate.num_nonfinite) + 1

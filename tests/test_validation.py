@@ -34,8 +34,10 @@ def test_kga_accepts_scalar_arrays_and_traced_hyperparameters():
     partial = optax.inject_hyperparams(koopax.kga, static_args=("num_snapshots",
                                                                 "snapshot_every"))
     with pytest.raises(TypeError, match="apply_every.*static_args"):
-        tx = partial(alpha=1.0, num_snapshots=4, snapshot_every=1)
+        tx = partial(alpha=1.0, num_snapshots=4, snapshot_every=1, apply_every=2)
         jax.jit(tx.update)(params, tx.init(params), params)
+    tx = partial(alpha=1.0, num_snapshots=4, snapshot_every=1)   # apply_every=None: fine
+    assert jax.jit(tx.update)(params, tx.init(params), params)[0]["w"].shape == (3,)
     tx = optax.inject_hyperparams(koopax.kga, static_args=(
         "num_snapshots", "snapshot_every", "apply_every", "rcond"))(
         alpha=1.0, num_snapshots=4, snapshot_every=1)
