@@ -22,8 +22,8 @@ when one is installed and visible.
 
 Usage::
 
-    python -m benchmarks [--only memory,overhead,pdt_jump,peer_pdt,depth,convergence] [--quick]
-                         [--rerun]
+    python -m benchmarks [--only memory,overhead,pdt_jump,peer_pdt,depth,kga_defaults,
+                                 convergence,reproduction] [--quick] [--rerun]
 """
 
 from __future__ import annotations
@@ -35,10 +35,11 @@ import sys
 if __package__ in (None, ""):  # pragma: no cover - `python benchmarks/__main__.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import (convergence, default_output_dir, depth, goals, memory,  # noqa: E402
-                        overhead, pdt_jump, peer_pdt)
+from benchmarks import (convergence, default_output_dir, depth, goals,  # noqa: E402
+                        kga_defaults, memory, overhead, pdt_jump, peer_pdt, reproduction)
 
-PARTS = ("memory", "overhead", "pdt_jump", "peer_pdt", "depth", "convergence")
+PARTS = ("memory", "overhead", "pdt_jump", "peer_pdt", "depth", "kga_defaults", "convergence",
+         "reproduction")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,11 +75,18 @@ def main(argv=None) -> None:
         elif part == "depth":
             depth.main(["--output-dir", os.path.join(out, "depth")] + rerun
                        + (["--quick", "--seeds", "1"] if args.quick else []))
+        elif part == "kga_defaults":
+            kga_defaults.main(["--output-dir", os.path.join(out, "kga_defaults")]
+                              + (["--quick", "--tasks", "digits_mlp"] if args.quick else []))
+        elif part == "reproduction":
+            reproduction.main(["--output-dir", os.path.join(out, "reproduction")]
+                              + (["--quick"] if args.quick else []))
         else:
-            # A smoke run exercises the pipeline on one MLP and one image task.
+            # A smoke run exercises the pipeline on one MLP and one image task; the
+            # headline is the tuned base (issue 11), the default-rate table a secondary view.
             smoke = ["--seeds", "1", "--tasks", "digits_mlp,images_fcn", "--bases", "sgd"]
             convergence.main(["--output-dir", os.path.join(out, "convergence")] + rerun
-                             + common + (smoke if args.quick else []))
+                             + common + (smoke if args.quick else ["--tune"]))
     print(f"\n##### goals\n{goals.main(['--results-dir', out])}")
 
 

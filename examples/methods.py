@@ -198,7 +198,8 @@ class Method:
 
 #: The harness runs the KGA family with the library's own defaults
 #: (``benchmarks/kga_defaults.py`` chose them against the tuned base).
-KGA_DEFAULTS: dict = {}
+KGA_DEFAULTS: dict = {name: inspect.signature(koopax.kga).parameters[name].default
+                      for name in ("alpha", "num_snapshots")}
 KWM_EXTRAS = dict(kwm_epsilon=0.03, kwm_window=3, kwm_relative=True, kwm_every=1,
                   kwm_capacity=0.5)
 

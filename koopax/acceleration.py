@@ -328,3 +328,10 @@ def correct_sum(state, updates, base, columns_of, ready, apply_every, alpha, max
     pending = jax.tree.map(lambda p, u: jnp.where(due, u, p + u).astype(p.dtype),
                            state.pending, base)
     return state._replace(pending=pending), updates
+
+
+def correct_updates(state, updates, base, columns_of, ready, apply_every, alpha, max_gain):
+    """``apply_every == 1``: corrects ``base`` now; otherwise the pending sum when due."""
+    if apply_every == 1:
+        return correct_target(state, updates, base, columns_of, ready, alpha, max_gain)
+    return correct_sum(state, updates, base, columns_of, ready, apply_every, alpha, max_gain)

@@ -26,6 +26,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import numbers
 from typing import Any, NamedTuple
 
@@ -147,6 +149,73 @@ def _columns(state):
     return state.basis, state.basis_grams
 
 
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    alpha: Any
+    snapshot_every: int
+    apply_every: int
+    size: int
+    refresh_every: int | None
+    slots: int
+    epsilon: Any
+    rank: Any
+    snapshot_dtype: Any
+    max_gain: Any
+    rcond: Any
+
+
+def _init(cfg: _Config, params) -> EfficientKGAState:
+    return EfficientKGAState(
+        count=jnp.zeros((), jnp.int32),
+        last=jax.tree.map(jnp.zeros_like, params),
+        basis=snapshots.stacked_zeros(params, cfg.size, cfg.snapshot_dtype),
+        basis_grams=jnp.zeros((len(jax.tree.leaves(params)), cfg.size, cfg.size), jnp.float32),
+        basis_filled=jnp.zeros((), jnp.int32),
+        coordinates=jnp.zeros((cfg.slots, cfg.size), jnp.float32),
+        num_snapshots=jnp.zeros((), jnp.int32),
+        pending=jax.tree.map(jnp.zeros_like, params) if cfg.apply_every > 1 else (),
+        valve=loss_tracking.init_valve(),
+        **acceleration.operator_fields(cfg.size, cfg.slots - 1))
+
+
+def _record(cfg: _Config, carry, params):
+    """Splits the increment on the basis (fill / rotate / keep) and refreshes ``K``."""
+    state, updates = carry
+    split = _split(state, params)
+    due = (jnp.array(False) if cfg.refresh_every is None
+           else (state.num_snapshots % cfg.refresh_every) == 0)
+    grow = split.new_direction & (state.basis_filled < cfg.size)
+    turn = split.new_direction & (state.basis_filled >= cfg.size) & due
+    state = maybe_apply(grow, lambda s: _fill(s, split), state)
+    state = maybe_apply(turn, lambda s: _rotate(s, split), state)
+    state = maybe_apply(~grow & ~turn, lambda s: _keep(s, split), state)
+    state = state._replace(
+        last=jax.tree.map(lambda p, l: p.astype(l.dtype), params, state.last),
+        num_snapshots=state.num_snapshots + 1)
+    gram = jnp.matmul(state.coordinates, state.coordinates.T, precision=_HIGHEST)
+    op = acceleration.acceleration_operator(gram, num_features=tree_math.tree_size(params),
+                                            epsilon=cfg.epsilon, rank=cfg.rank, rcond=cfg.rcond)
+    z_x = state.coordinates[:-1]
+    coefs = jnp.matmul(jnp.matmul(z_x.T, op.coefficients, precision=_HIGHEST), z_x,
+                       precision=_HIGHEST)
+    ready = state.num_snapshots > cfg.slots
+    return acceleration.install_operator(state, op, ready, coefs), updates
+
+
+def _update(cfg: _Config, updates, state, params=None, value=None, **extra_args):
+    del extra_args
+    acceleration.check_update_args(updates, params, state.last, value)
+    take = (state.count % cfg.snapshot_every) == 0
+    state = acceleration.close_valve(state, take, value)
+    record = functools.partial(_record, cfg)
+    state, corrected = maybe_record(
+        take, lambda c, p: acceleration.record_if_finite(record, c, p), (state, updates), params)
+    state, corrected = acceleration.correct_updates(
+        state, corrected, updates, _columns, state.num_snapshots > cfg.slots, cfg.apply_every,
+        cfg.alpha, cfg.max_gain)
+    return corrected, state._replace(count=optax.safe_increment(state.count))
+
+
 def efficient_kga(
     alpha: jax.typing.ArrayLike = 2.0,
     *,
@@ -208,59 +277,8 @@ def efficient_kga(
         if value is not None:
             validation.integer(value, name, low=1)
     m = num_snapshots - 1
-    size = basis_size or (rank if isinstance(rank, numbers.Integral) else m - 1)
-    apply_every = snapshot_every if apply_every is None else apply_every
-    common = dict(epsilon=epsilon, rank=rank, rcond=rcond)
-
-    def init_fn(params):
-        return EfficientKGAState(
-            count=jnp.zeros((), jnp.int32),
-            last=jax.tree.map(jnp.zeros_like, params),
-            basis=snapshots.stacked_zeros(params, size, snapshot_dtype),
-            basis_grams=jnp.zeros((len(jax.tree.leaves(params)), size, size), jnp.float32),
-            basis_filled=jnp.zeros((), jnp.int32),
-            coordinates=jnp.zeros((m, size), jnp.float32),
-            num_snapshots=jnp.zeros((), jnp.int32),
-            pending=jax.tree.map(jnp.zeros_like, params) if apply_every > 1 else (),
-            valve=loss_tracking.init_valve(),
-            **acceleration.operator_fields(size, m - 1))
-
-    def record(carry, params):
-        state, updates = carry
-        split = _split(state, params)
-        filling = state.basis_filled < size
-        due = (jnp.array(False) if refresh_every is None
-               else (state.num_snapshots % refresh_every) == 0)
-        grow, turn = split.new_direction & filling, split.new_direction & ~filling & due
-        state = maybe_apply(grow, lambda s: _fill(s, split), state)
-        state = maybe_apply(turn, lambda s: _rotate(s, split), state)
-        state = maybe_apply(~grow & ~turn, lambda s: _keep(s, split), state)
-        state = state._replace(
-            last=jax.tree.map(lambda p, l: p.astype(l.dtype), params, state.last),
-            num_snapshots=state.num_snapshots + 1)
-        gram = jnp.matmul(state.coordinates, state.coordinates.T, precision=_HIGHEST)
-        op = acceleration.acceleration_operator(
-            gram, num_features=tree_math.tree_size(params), **common)
-        z_x = state.coordinates[:-1]
-        coefs = jnp.matmul(jnp.matmul(z_x.T, op.coefficients, precision=_HIGHEST), z_x,
-                           precision=_HIGHEST)
-        return acceleration.install_operator(state, op, state.num_snapshots > m, coefs), updates
-
-    def update_fn(updates, state, params=None, value=None, **extra_args):
-        del extra_args
-        acceleration.check_update_args(updates, params, state.last, value)
-        take = (state.count % snapshot_every) == 0
-        state = acceleration.close_valve(state, take, value)
-        state, corrected = maybe_record(
-            take, lambda c, p: acceleration.record_if_finite(record, c, p), (state, updates),
-            params)
-        ready = state.num_snapshots > m
-        if apply_every == 1:
-            state, corrected = acceleration.correct_target(
-                state, corrected, updates, _columns, ready, alpha, max_gain)
-        else:
-            state, corrected = acceleration.correct_sum(
-                state, corrected, updates, _columns, ready, apply_every, alpha, max_gain)
-        return corrected, state._replace(count=optax.safe_increment(state.count))
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    cfg = _Config(alpha, snapshot_every, snapshot_every if apply_every is None else apply_every,
+                  basis_size or (rank if isinstance(rank, numbers.Integral) else m - 1),
+                  refresh_every, m, epsilon, rank, snapshot_dtype, max_gain, rcond)
+    return optax.GradientTransformationExtraArgs(functools.partial(_init, cfg),
+                                                 functools.partial(_update, cfg))

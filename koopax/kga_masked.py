@@ -45,6 +45,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -181,6 +183,197 @@ def _compact_ring(last, slots, num_snapshots):
                       num_valid=jnp.minimum(jnp.maximum(num_snapshots - 1, 0), m).astype(jnp.int32))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    mask: masks.Mask
+    alpha: Any
+    snapshot_every: int
+    increment: bool
+    slots: int
+    start: int
+    snapshot_dtype: Any
+    max_gain: Any
+    common: dict
+
+
+def _statics(cfg, params):
+    leaves = jax.tree.leaves(params)
+    sizes = tuple(int(np.prod(np.shape(x), dtype=np.int64)) for x in leaves)
+    return sizes, masks.leaf_capacities(cfg.mask.capacity, params)
+
+
+def _init(cfg, params):
+    sizes, caps = _statics(cfg, params)
+    compact_like = tuple(
+        jnp.zeros((c,), x.dtype) for x, c in zip(jax.tree.leaves(params), caps))
+    return MaskedKGAState(
+        count=jnp.zeros((), jnp.int32),
+        compact=jnp.array(False),
+        window=snapshots.init_ring(params, cfg.slots, cfg.snapshot_dtype),
+        compact_window=snapshots.init_ring(compact_like, cfg.slots, cfg.snapshot_dtype)._replace(
+            slots=None),
+        indices=tuple(masks.padding_indices(n, c) for n, c in zip(sizes, caps)),
+        last_decision=jnp.zeros((), jnp.int32),
+        num_kept=jnp.zeros((), jnp.int32),
+        num_overflow=jnp.zeros((), jnp.int32),
+        masked_fraction=jnp.zeros((), jnp.float32),
+        num_mask_updates=jnp.zeros((), jnp.int32),
+        valve=loss_tracking.init_valve(),
+        applied=jnp.zeros((len(sizes), cfg.slots), jnp.float32),
+        **acceleration.operator_fields(cfg.slots, cfg.slots - 1),
+    )
+
+
+def _to_compact(cfg, state, sizes, caps):
+    w = state.window
+    keep = jax.tree.map(jnp.logical_not, cfg.mask.exclude(_inputs(w)))
+    indices, num_kept, num_wanted = masks.compact_indices(keep, caps)
+    slots = tuple(masks.gather_rows(_rows(s), i)
+                  for s, i in zip(jax.tree.leaves(w.slots), indices))
+    return state._replace(
+        compact=jnp.array(True), indices=indices, window=_store_compact(w, slots),
+        compact_window=_compact_ring(masks.gather(w.last, indices), slots, w.num_snapshots),
+        last_decision=w.num_snapshots, num_kept=num_kept,
+        num_overflow=num_wanted - num_kept,
+        masked_fraction=(1.0 - num_wanted / sum(sizes)).astype(jnp.float32),
+        num_mask_updates=state.num_mask_updates + 1)
+
+
+def _shrink(cfg, state, sizes):
+    cw = state.compact_window._replace(slots=compact_slots(state))
+    keep = tuple(jnp.logical_not(e) for e in cfg.mask.exclude(_inputs(cw)))
+    indices, positions, num_kept = masks.recompact(state.indices, keep, sizes)
+    slots = tuple(masks.gather_rows(s, p) for s, p in zip(cw.slots, positions))
+    excluded_total = sum(sizes) - num_kept - state.num_overflow
+    return state._replace(
+        compact_window=_compact_ring(masks.take(cw.last, positions), slots,
+                                     cw.num_snapshots),
+        window=_store_compact(state.window, slots), indices=indices,
+        last_decision=cw.num_snapshots, num_kept=num_kept,
+        masked_fraction=(excluded_total / sum(sizes)).astype(jnp.float32),
+        num_mask_updates=state.num_mask_updates + 1)
+
+
+def _push_full(cfg, state, params):
+    """Pushes the full window; returns the state, the rows and the old Gram matrices."""
+    old = state.window.leaf_grams
+    window, rows = snapshots.ring_push_rows(state.window, params)
+    return state._replace(window=window), rows, old
+
+
+def _push_compact(cfg, state, params):
+    cw = state.compact_window._replace(slots=compact_slots(state))
+    old = cw.leaf_grams
+    cw, rows = snapshots.ring_push_rows(cw, masks.gather(params, state.indices))
+    return state._replace(compact_window=cw._replace(slots=None),
+                          window=_store_compact(state.window, cw.slots)), rows, old
+
+
+def _decide(cfg, state, sizes, caps):
+    """The mask decisions due at this snapshot (transition, then shrinking)."""
+    first = (~state.compact & snapshots.ring_is_full(state.window)
+             & (state.window.num_snapshots >= cfg.start))
+    again = state.compact & (
+        (state.compact_window.num_snapshots - state.last_decision) >= cfg.mask.every)
+    state = maybe_apply(again, lambda st: _shrink(cfg, st, sizes), state)
+    return maybe_apply(first, lambda st: _to_compact(cfg, st, sizes, caps), state), first | again
+
+
+def _refresh(cfg, state, caps):
+    """One operator for whichever window is live (a single compiled refresh)."""
+    grams, count, valid = jax.tree.map(
+        lambda a, b: jnp.where(state.compact, a, b),
+        (state.compact_window.gram, state.compact_window.num_snapshots,
+         state.compact_window.num_valid),
+        (state.window.gram, state.window.num_snapshots, state.window.num_valid))
+    ring = RingWindow(None, None, grams[None], count, valid)
+    order = snapshots.ring_order(ring)
+    op = acceleration.acceleration_operator(snapshots.ring_gram(ring),
+                                            num_features=sum(caps), **cfg.common)
+    return acceleration.install_operator(
+        state, op, snapshots.ring_is_full(ring),
+        acceleration.slot_coefficients(op.coefficients, order))
+
+
+def _record(cfg, carry, params, sizes, caps):
+    """Push, refresh, correct the newest increment (``cfg.increment``), decide, refresh.
+
+    The correction's coefficients stay valid through a decision: the kept
+    weights' slots are the same slots restricted, so ``X_I a`` is the
+    restriction of ``X a``.
+    """
+    state, updates = carry
+    num_leaves = len(sizes)
+    carry = (state, jnp.zeros((num_leaves, cfg.slots), jnp.float32),
+             jnp.zeros((num_leaves, cfg.slots, cfg.slots), jnp.float32), params)
+    was_compact = state.compact
+    carry = maybe_apply(~was_compact, lambda c: (*_push_full(cfg, c[0], c[3]), c[3]), carry)
+    state, rows, old, _ = maybe_apply(was_compact,
+                                      lambda c: (*_push_compact(cfg, c[0], c[3]), c[3]), carry)
+    state = _refresh(cfg, state, caps)
+    if cfg.increment:
+        state, updates = _correct_increment(cfg, state, updates, rows, old)
+    state, decided = _decide(cfg, state, sizes, caps)
+    return maybe_apply(decided, lambda st: _refresh(cfg, st, caps), state), updates
+
+
+def _correct_increment(cfg, state, updates, rows, old):
+    """Corrects the newest increment in the live window's coordinates (see koopax.kga)."""
+    cw, w = state.compact_window, state.window
+    live = RingWindow(None, None, *jax.tree.map(
+        lambda a, b: jnp.where(state.compact, a, b),
+        (cw.leaf_grams, cw.num_snapshots, cw.num_valid),
+        (w.leaf_grams, w.num_snapshots, w.num_valid)))
+    slot = snapshots.newest_slot(live)
+    products, cross = acceleration.residual_products(rows, old, state.applied)
+    base_sq = live.leaf_grams[:, slot, slot] + cross
+    scale, active = acceleration.usable_scale(
+        state, cfg.alpha, cfg.max_gain, snapshots.ring_is_full(live))
+    state = state._replace(applied=jnp.zeros_like(state.applied))
+
+    def correct(c):
+        st, u, full_slots = c
+        corr = acceleration.bounded_correction(products, base_sq, live.leaf_grams,
+                                               st.coefficients, scale, cfg.max_gain)
+        u = jax.lax.cond(st.compact, lambda: _compact_add(u, full_slots, st.indices, corr),
+                         lambda: acceleration.add_combination(u, full_slots, corr))
+        return acceleration.count_correction(st._replace(applied=corr.coefficients), corr), \
+            u, full_slots
+
+    state, updates, full_slots = maybe_apply(
+        active, correct, (state._replace(window=state.window._replace(slots=None)),
+                          updates, state.window.slots))
+    return state._replace(window=state.window._replace(slots=full_slots)), updates
+
+
+def _full_columns(state):
+    return state.window.slots, state.window.leaf_grams
+
+
+def _update(cfg, updates, state, params=None, value=None, **extra_args):
+    del extra_args
+    acceleration.check_update_args(updates, params, state.window.last, value)
+    sizes, caps = _statics(cfg, params)
+    take = (state.count % cfg.snapshot_every) == 0
+    state = acceleration.close_valve(state, take, value)
+    state, updates = maybe_record(
+        take, lambda c, p: acceleration.record_if_finite(
+            lambda cc, pp: _record(cfg, cc, pp, sizes, caps), c, p), (state, updates), params)
+    if cfg.increment:
+        return updates, state._replace(count=optax.safe_increment(state.count))
+    state, updates = acceleration.correct_target(
+        state, updates, updates, _full_columns,
+        ~state.compact & snapshots.ring_is_full(state.window), cfg.alpha, cfg.max_gain)
+    scale, active = acceleration.usable_scale(
+        state, cfg.alpha, cfg.max_gain, state.compact & snapshots.ring_is_full(state.compact_window))
+    updates, state, full_slots, indices = maybe_apply(
+        active, lambda c: _correct_compact(c, c[1].coefficients, scale, cfg.max_gain),
+        (updates, state._replace(window=state.window._replace(slots=None)),
+         state.window.slots, state.indices))
+    state = state._replace(window=state.window._replace(slots=full_slots), indices=indices)
+    return updates, state._replace(count=optax.safe_increment(state.count))
+
+
 def masked_kga(
     mask: masks.Mask,
     alpha=2.0,
@@ -199,8 +392,8 @@ def masked_kga(
     Args:
       mask: a :class:`koopax.masks.Mask` (``masks.kwm``, ``masks.norm``,
         ``masks.delta``); ``num_snapshots`` must be at least ``mask.min_snapshots``.
-      alpha, num_snapshots, snapshot_every, epsilon, rank, snapshot_dtype,
-        max_gain, rcond: as in :func:`koopax.kga`.
+      alpha, num_snapshots, snapshot_every, epsilon, rank: as in :func:`koopax.kga`.
+      snapshot_dtype, max_gain, rcond: as in :func:`koopax.kga`.
       apply_every: ``1`` corrects every update (on compact vectors), ``None``
         or ``snapshot_every`` the newest increment at each snapshot (nothing
         between snapshots). Other values: ValueError.
@@ -238,178 +431,11 @@ def masked_kga(
     if apply_every not in (1, None, snapshot_every):
         raise ValueError(f"apply_every must be 1, None or snapshot_every={snapshot_every} "
                          f"for masked KGA; got {apply_every!r}.")
-    increment = apply_every != 1
-    m = num_snapshots - 1
-    start = max(num_snapshots, mask.start or 0)
-    common = dict(epsilon=epsilon, rank=rank, rcond=rcond)
-
-    def statics(params):
-        leaves = jax.tree.leaves(params)
-        sizes = tuple(int(np.prod(np.shape(x), dtype=np.int64)) for x in leaves)
-        return sizes, masks.leaf_capacities(mask.capacity, params)
-
-    def init_fn(params):
-        sizes, caps = statics(params)
-        compact_like = tuple(
-            jnp.zeros((c,), x.dtype) for x, c in zip(jax.tree.leaves(params), caps))
-        return MaskedKGAState(
-            count=jnp.zeros((), jnp.int32),
-            compact=jnp.array(False),
-            window=snapshots.init_ring(params, m, snapshot_dtype),
-            compact_window=snapshots.init_ring(compact_like, m, snapshot_dtype)._replace(
-                slots=None),
-            indices=tuple(masks.padding_indices(n, c) for n, c in zip(sizes, caps)),
-            last_decision=jnp.zeros((), jnp.int32),
-            num_kept=jnp.zeros((), jnp.int32),
-            num_overflow=jnp.zeros((), jnp.int32),
-            masked_fraction=jnp.zeros((), jnp.float32),
-            num_mask_updates=jnp.zeros((), jnp.int32),
-            valve=loss_tracking.init_valve(),
-            applied=jnp.zeros((len(sizes), m), jnp.float32),
-            **acceleration.operator_fields(m, m - 1),
-        )
-
-    def to_compact(state, sizes, caps):
-        w = state.window
-        keep = jax.tree.map(jnp.logical_not, mask.exclude(_inputs(w)))
-        indices, num_kept, num_wanted = masks.compact_indices(keep, caps)
-        slots = tuple(masks.gather_rows(_rows(s), i)
-                      for s, i in zip(jax.tree.leaves(w.slots), indices))
-        return state._replace(
-            compact=jnp.array(True), indices=indices, window=_store_compact(w, slots),
-            compact_window=_compact_ring(masks.gather(w.last, indices), slots, w.num_snapshots),
-            last_decision=w.num_snapshots, num_kept=num_kept,
-            num_overflow=num_wanted - num_kept,
-            masked_fraction=(1.0 - num_wanted / sum(sizes)).astype(jnp.float32),
-            num_mask_updates=state.num_mask_updates + 1)
-
-    def shrink(state, sizes):
-        cw = state.compact_window._replace(slots=compact_slots(state))
-        keep = tuple(jnp.logical_not(e) for e in mask.exclude(_inputs(cw)))
-        indices, positions, num_kept = masks.recompact(state.indices, keep, sizes)
-        slots = tuple(masks.gather_rows(s, p) for s, p in zip(cw.slots, positions))
-        excluded_total = sum(sizes) - num_kept - state.num_overflow
-        return state._replace(
-            compact_window=_compact_ring(masks.take(cw.last, positions), slots,
-                                         cw.num_snapshots),
-            window=_store_compact(state.window, slots), indices=indices,
-            last_decision=cw.num_snapshots, num_kept=num_kept,
-            masked_fraction=(excluded_total / sum(sizes)).astype(jnp.float32),
-            num_mask_updates=state.num_mask_updates + 1)
-
-    def push_full(state, params):
-        """Pushes the full window; returns the state, the rows and the old Gram matrices."""
-        old = state.window.leaf_grams
-        window, rows = snapshots.ring_push_rows(state.window, params)
-        return state._replace(window=window), rows, old
-
-    def push_compact(state, params):
-        cw = state.compact_window._replace(slots=compact_slots(state))
-        old = cw.leaf_grams
-        cw, rows = snapshots.ring_push_rows(cw, masks.gather(params, state.indices))
-        return state._replace(compact_window=cw._replace(slots=None),
-                              window=_store_compact(state.window, cw.slots)), rows, old
-
-    def decide(state, sizes, caps):
-        """The mask decisions due at this snapshot (transition, then shrinking)."""
-        first = (~state.compact & snapshots.ring_is_full(state.window)
-                 & (state.window.num_snapshots >= start))
-        again = state.compact & (
-            (state.compact_window.num_snapshots - state.last_decision) >= mask.every)
-        state = maybe_apply(again, lambda st: shrink(st, sizes), state)
-        return maybe_apply(first, lambda st: to_compact(st, sizes, caps), state), first | again
-
-    def refresh(state, caps):
-        """One operator for whichever window is live (a single compiled refresh)."""
-        grams, count, valid = jax.tree.map(
-            lambda a, b: jnp.where(state.compact, a, b),
-            (state.compact_window.gram, state.compact_window.num_snapshots,
-             state.compact_window.num_valid),
-            (state.window.gram, state.window.num_snapshots, state.window.num_valid))
-        ring = RingWindow(None, None, grams[None], count, valid)
-        order = snapshots.ring_order(ring)
-        op = acceleration.acceleration_operator(snapshots.ring_gram(ring),
-                                                num_features=sum(caps), **common)
-        return acceleration.install_operator(
-            state, op, snapshots.ring_is_full(ring),
-            acceleration.slot_coefficients(op.coefficients, order))
-
-    def record(carry, params, sizes, caps):
-        """Push, refresh, correct the newest increment (``increment``), decide, refresh.
-
-        The correction's coefficients stay valid through a decision: the kept
-        weights' slots are the same slots restricted, so ``X_I a`` is the
-        restriction of ``X a``.
-        """
-        state, updates = carry
-        num_leaves = len(sizes)
-        carry = (state, jnp.zeros((num_leaves, m), jnp.float32),
-                 jnp.zeros((num_leaves, m, m), jnp.float32), params)
-        was_compact = state.compact
-        carry = maybe_apply(~was_compact, lambda c: (*push_full(c[0], c[3]), c[3]), carry)
-        state, rows, old, _ = maybe_apply(was_compact,
-                                          lambda c: (*push_compact(c[0], c[3]), c[3]), carry)
-        state = refresh(state, caps)
-        if increment:
-            state, updates = correct_increment(state, updates, rows, old)
-        state, decided = decide(state, sizes, caps)
-        return maybe_apply(decided, lambda st: refresh(st, caps), state), updates
-
-    def correct_increment(state, updates, rows, old):
-        """Corrects the newest increment in the live window's coordinates (see koopax.kga)."""
-        cw, w = state.compact_window, state.window
-        live = RingWindow(None, None, *jax.tree.map(
-            lambda a, b: jnp.where(state.compact, a, b),
-            (cw.leaf_grams, cw.num_snapshots, cw.num_valid),
-            (w.leaf_grams, w.num_snapshots, w.num_valid)))
-        slot = snapshots.newest_slot(live)
-        products, cross = acceleration.residual_products(rows, old, state.applied)
-        base_sq = live.leaf_grams[:, slot, slot] + cross
-        scale, active = acceleration.usable_scale(
-            state, alpha, max_gain, snapshots.ring_is_full(live))
-        state = state._replace(applied=jnp.zeros_like(state.applied))
-
-        def correct(c):
-            st, u, full_slots = c
-            corr = acceleration.bounded_correction(products, base_sq, live.leaf_grams,
-                                                   st.coefficients, scale, max_gain)
-            u = jax.lax.cond(st.compact, lambda: _compact_add(u, full_slots, st.indices, corr),
-                             lambda: acceleration.add_combination(u, full_slots, corr))
-            return acceleration.count_correction(st._replace(applied=corr.coefficients), corr), \
-                u, full_slots
-
-        state, updates, full_slots = maybe_apply(
-            active, correct, (state._replace(window=state.window._replace(slots=None)),
-                              updates, state.window.slots))
-        return state._replace(window=state.window._replace(slots=full_slots)), updates
-
-    def full_columns(state):
-        return state.window.slots, state.window.leaf_grams
-
-    def update_fn(updates, state, params=None, value=None, **extra_args):
-        del extra_args
-        acceleration.check_update_args(updates, params, state.window.last, value)
-        sizes, caps = statics(params)
-        take = (state.count % snapshot_every) == 0
-        state = acceleration.close_valve(state, take, value)
-        state, updates = maybe_record(
-            take, lambda c, p: acceleration.record_if_finite(
-                lambda cc, pp: record(cc, pp, sizes, caps), c, p), (state, updates), params)
-        if increment:
-            return updates, state._replace(count=optax.safe_increment(state.count))
-        state, updates = acceleration.correct_target(
-            state, updates, updates, full_columns,
-            ~state.compact & snapshots.ring_is_full(state.window), alpha, max_gain)
-        scale, active = acceleration.usable_scale(
-            state, alpha, max_gain, state.compact & snapshots.ring_is_full(state.compact_window))
-        updates, state, full_slots, indices = maybe_apply(
-            active, lambda c: _correct_compact(c, c[1].coefficients, scale, max_gain),
-            (updates, state._replace(window=state.window._replace(slots=None)),
-             state.window.slots, state.indices))
-        state = state._replace(window=state.window._replace(slots=full_slots), indices=indices)
-        return updates, state._replace(count=optax.safe_increment(state.count))
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    cfg = _Config(mask, alpha, snapshot_every, apply_every != 1, num_snapshots - 1,
+                  max(num_snapshots, mask.start or 0), snapshot_dtype, max_gain,
+                  dict(epsilon=epsilon, rank=rank, rcond=rcond))
+    return optax.GradientTransformationExtraArgs(functools.partial(_init, cfg),
+                                                 functools.partial(_update, cfg))
 
 
 def masked_kga_kept(state: MaskedKGAState, params):

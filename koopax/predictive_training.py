@@ -86,7 +86,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from koopax import control, linalg, prediction, snapshots, tree_math, validation
+from koopax import control, linalg, loss_tracking, prediction, snapshots, tree_math, validation
 
 NO_PARAMS_MSG = (
     "koopax.pdt needs the current parameters: call "
@@ -437,30 +437,22 @@ def _no_jump(cfg: EngineConfig, groups: int) -> _JumpResult:
 
 
 def _track_loss(state: PDTState, value) -> PDTState:
-    """Welford's running mean and squared deviations of ``value`` over the epoch."""
-    v = jnp.asarray(value, jnp.float32)
-    v = jnp.where(jnp.isfinite(v), v, jnp.inf)
-    n = state.loss_count + 1
-    delta = v - state.loss_mean
-    mean = state.loss_mean + delta / n.astype(jnp.float32)
-    return state._replace(loss_mean=mean, loss_m2=state.loss_m2 + delta * (v - mean),
-                          loss_count=n)
+    """Welford's running statistics of ``value`` over the epoch (:mod:`koopax.loss_tracking`)."""
+    stats = loss_tracking.track(
+        loss_tracking.LossStats(state.loss_count, state.loss_mean, state.loss_m2), value)
+    return state._replace(loss_count=stats.count, loss_mean=stats.mean, loss_m2=stats.m2)
 
 
 def _epoch_loss(state: PDTState):
     """``(mean, standard error, has_loss)`` of ``value`` over the epoch that ends."""
-    n = jnp.maximum(state.loss_count, 1).astype(jnp.float32)
-    var = state.loss_m2 / jnp.maximum(n - 1.0, 1.0)
-    noise = jnp.sqrt(jnp.maximum(var, 0.0) / n)
-    return state.loss_mean, jnp.where(jnp.isfinite(noise), noise, 0.0), state.loss_count > 0
+    return loss_tracking.summary(
+        loss_tracking.LossStats(state.loss_count, state.loss_mean, state.loss_m2))
 
 
 def _rose(cfg: EngineConfig, loss, noise, pre_loss, pre_noise):
     """The post-jump epoch is worse than the pre-jump one beyond tolerance and noise."""
-    margin = jnp.maximum(cfg.tolerance * jnp.abs(pre_loss),
-                         cfg.noise_tolerance * jnp.sqrt(noise**2 + pre_noise**2))
-    both = jnp.isfinite(loss) & jnp.isfinite(pre_loss)
-    return ~jnp.isfinite(loss) | (both & (loss - pre_loss > margin))
+    return loss_tracking.rose(loss, noise, pre_loss, pre_noise, tolerance=cfg.tolerance,
+                              noise_tolerance=cfg.noise_tolerance)
 
 
 def _rollback(cfg: EngineConfig, state: PDTState, updates, windows, params):
@@ -475,9 +467,8 @@ def _rollback(cfg: EngineConfig, state: PDTState, updates, windows, params):
     return upd, windows, ~done
 
 
-def _epoch_end(cfg: EngineConfig, updates, state: PDTState, params, use_value: bool):
-    """The last step of an epoch: verdict, schedule, prediction, rollback."""
-    loss, noise, has_loss = _epoch_loss(state)
+def _verdict(cfg: EngineConfig, state: PDTState, loss, noise, has_loss):
+    """``(rollback, stopped, interval)``: the judgement of a pending jump."""
     judged = state.pending & has_loss
     failed = judged & _rose(cfg, loss, noise, state.pre_jump_loss, state.pre_jump_noise)
     do_rollback = failed if cfg.on_rise == "rollback" else jnp.asarray(False)
@@ -487,6 +478,26 @@ def _epoch_end(cfg: EngineConfig, updates, state: PDTState, params, use_value: b
         interval = jnp.where(do_rollback, jnp.minimum(2 * interval, cfg.max_interval),
                              jnp.where(judged & ~failed,
                                        jnp.maximum(interval - 1, cfg.min_interval), interval))
+    return do_rollback, stopped, interval
+
+
+def _schedule(cfg: EngineConfig, state: PDTState, loss, has_loss, interval):
+    """``(horizon, interval, history, num_losses)`` for the next prediction."""
+    horizon, history, num_losses = state.horizon, state.loss_history, state.num_losses
+    if cfg.authors_schedule:       # takes effect from the next epoch's prediction
+        tau_a, int_a, hist_a, num_a = authors_rule(loss, history, num_losses, horizon,
+                                                   interval)
+        horizon, interval = jnp.where(has_loss, tau_a, horizon), jnp.where(has_loss, int_a,
+                                                                           interval)
+        history = jnp.where(has_loss, hist_a, history)
+        num_losses = jnp.where(has_loss, num_a, num_losses)
+    return horizon, interval, history, num_losses
+
+
+def _epoch_end(cfg: EngineConfig, updates, state: PDTState, params, use_value: bool):
+    """The last step of an epoch: verdict, schedule, prediction, rollback."""
+    loss, noise, has_loss = _epoch_loss(state)
+    do_rollback, stopped, interval = _verdict(cfg, state, loss, noise, has_loss)
     since = jnp.minimum(state.epochs_since_prediction + 1, _NEVER)
     full = jnp.stack([snapshots.ring_is_full(w) for w in state.windows]).all()
     predict = (~do_rollback & ~stopped & (state.epoch >= cfg.start) & full
@@ -515,12 +526,7 @@ def _epoch_end(cfg: EngineConfig, updates, state: PDTState, params, use_value: b
             do_rollback, roll, (updates, windows, jnp.asarray(False)), params)
         saved = jax.tree.map(lambda s, w: jnp.where(jumped, w, s), state.saved, w_sgd)
 
-    horizon, history, num_losses = tau, state.loss_history, state.num_losses
-    if cfg.authors_schedule:       # takes effect from the next epoch's prediction
-        tau_a, int_a, hist_a, num_a = authors_rule(loss, history, num_losses, tau, interval)
-        horizon, interval = jnp.where(has_loss, tau_a, tau), jnp.where(has_loss, int_a, interval)
-        history = jnp.where(has_loss, hist_a, history)
-        num_losses = jnp.where(has_loss, num_a, num_losses)
+    horizon, interval, history, num_losses = _schedule(cfg, state, loss, has_loss, interval)
     pending = jumped & has_loss if (use_value and cfg.on_rise != "none") else jnp.asarray(False)
     return updates, state._replace(
         phase=jnp.zeros((), jnp.int32), epoch=state.epoch + 1, windows=windows,

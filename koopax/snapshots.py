@@ -180,8 +180,8 @@ def ring_pop(ring: RingWindow) -> RingWindow:
 
     last = jax.tree.map(back, ring.last, ring.slots)
     slots = jax.tree.map(
-        lambda s: jax.lax.dynamic_update_index_in_dim(
-            s, jnp.zeros(s.shape[1:], s.dtype), slot, 0), ring.slots)
+        lambda s: jax.lax.dynamic_update_index_in_dim(s, jnp.zeros_like(s[0]), slot, 0),
+        ring.slots)
     grams = ring.leaf_grams.at[:, slot, :].set(0.0).at[:, :, slot].set(0.0)
     return RingWindow(last, slots, grams, jnp.maximum(ring.num_snapshots - 1, 0),
                       jnp.maximum(ring.num_valid - 1, 0).astype(jnp.int32))

@@ -20,8 +20,8 @@ def assert_trees_close(a, b, rtol=1e-6, atol=0.0):
     lb, tb = jax.tree.flatten(b)
     assert ta == tb
     for x, y in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64),
-                                   rtol=rtol, atol=atol)
+        wide = np.complex128 if np.iscomplexobj(x) or np.iscomplexobj(y) else np.float64
+        np.testing.assert_allclose(np.asarray(x, wide), np.asarray(y, wide), rtol=rtol, atol=atol)
 
 
 def linear_trajectory(eigenvalues, num_features, num_steps, seed=0, noise=0.0):

@@ -112,7 +112,7 @@ def test_increment_strategy_equals_the_summed_one(monkeypatch):
                                                           snapshot_every=4, apply_every=4))
     p1, s1, _ = _train(make(), loss, params, 60)
     assert s1[1].pending == ()
-    monkeypatch.setattr(kga_window, "_strategy", lambda *_: "sum")
+    monkeypatch.setattr(kga_window.KGAConfig, "strategy", property(lambda self: "sum"))
     p2, s2, _ = _train(make(), loss, params, 60)
     assert s2[1].pending != ()
     assert int(s1[1].num_refreshes) == int(s2[1].num_refreshes) > 5
