@@ -151,42 +151,58 @@ def _init(cfg: KGAConfig, params) -> KGAState:
         **acceleration.operator_fields(m, m - 1))
 
 
-def _refresh(cfg: KGAConfig, state: KGAState, window) -> KGAState:
-    """Installs ``window`` and the operator of its Gram matrix (slot order)."""
+def _refresh(cfg: KGAConfig, state: KGAState, window, ok=True) -> KGAState:
+    """Installs ``window`` and the operator of its Gram matrix (slot order), if ``ok``."""
     op = acceleration.acceleration_operator(
         snapshots.ring_gram(window), num_features=tree_math.tree_size(window.last),
         epsilon=cfg.epsilon, rank=cfg.rank, rcond=cfg.rcond)
     coefs = acceleration.slot_coefficients(op.coefficients, snapshots.ring_order(window))
-    return acceleration.install_operator(state._replace(window=window), op,
-                                         snapshots.ring_is_full(window), coefs)
+    new = acceleration.install_operator(state._replace(window=window), op,
+                                        snapshots.ring_is_full(window), coefs)
+    # A skipped (non-finite) snapshot keeps the previous operator.
+    keep = {f: jnp.where(ok, getattr(new, f), getattr(state, f))
+            for f in ("coefficients", "operator_norm", "eigenvalues", "rank", "num_stable",
+                      "num_refreshes", "num_nonfinite")}
+    return new._replace(**keep)
 
 
 def _record(cfg: KGAConfig, carry, params):
+    """Push (skipped, as selects, when ``params`` is not finite) and refresh."""
     state, updates = carry
-    return _refresh(cfg, state, snapshots.ring_push(state.window, params)), updates
+    ok = tree_math.tree_all_finite(params)
+    window = snapshots.ring_push_rows(state.window, params, ok)[0]
+    state = _refresh(cfg, state, window, ok)
+    return _count_skip(state, ok), updates
+
+
+def _count_skip(state, ok):
+    return state._replace(num_nonfinite=state.num_nonfinite + (~ok).astype(jnp.int32))
 
 
 def _record_and_correct(cfg: KGAConfig, carry, params):
-    """``increment``: push, refresh, and add the correction of the newest increment."""
+    """``increment``: push, refresh, and add the correction of the newest increment.
+
+    No nested gate (a nested loop would copy the window): the correction's
+    pass runs at every snapshot and is selected elementwise.
+    """
     state, updates = carry
+    ok = tree_math.tree_all_finite(params)
     old = state.window
-    window, rows = snapshots.ring_push_rows(old, params)
-    state = _refresh(cfg, state, window)
+    window, rows = snapshots.ring_push_rows(old, params, ok)
+    state = _count_skip(_refresh(cfg, state, window, ok), ok)
     slot = snapshots.newest_slot(window)
     products, cross = acceleration.residual_products(rows, old.leaf_grams, state.applied)
     base_sq = window.leaf_grams[:, slot, slot] + cross
     scale, active = acceleration.usable_scale(state, cfg.alpha, cfg.max_gain,
-                                              snapshots.ring_is_full(window))
-
-    def correct(c):
-        st, u = c
-        corr = acceleration.bounded_correction(products, base_sq, window.leaf_grams,
-                                               st.coefficients, scale, cfg.max_gain)
-        u = acceleration.add_combination(u, st.window.slots, corr)
-        return acceleration.count_correction(st._replace(applied=corr.coefficients), corr), u
-
-    state = state._replace(applied=jnp.zeros_like(state.applied))
-    return maybe_apply(active, correct, (state, updates))
+                                              snapshots.ring_is_full(window) & ok)
+    corr = acceleration.bounded_correction(products, base_sq, window.leaf_grams,
+                                           state.coefficients, scale, cfg.max_gain)
+    corr = corr._replace(coefficients=jnp.where(active, corr.coefficients, 0.0),
+                         rejected=active & corr.rejected, clipped=active & corr.clipped)
+    delta = tree_math.stacked_weighted_sum(window.slots, corr.coefficients, like=updates)
+    updates = jax.tree.map(lambda u, d: jnp.where(active, u + d, u), updates, delta)
+    state = acceleration.count_correction(state._replace(applied=corr.coefficients), corr)
+    return state, updates
 
 
 def _update(cfg: KGAConfig, updates, state, params=None, value=None, **extra_args):
@@ -194,14 +210,13 @@ def _update(cfg: KGAConfig, updates, state, params=None, value=None, **extra_arg
     acceleration.check_update_args(updates, params, state.window.last, value)
     take = (state.count % cfg.snapshot_every) == 0
     state = acceleration.close_valve(state, take, value)
-    on_snapshot = functools.partial(
-        _record_and_correct if cfg.strategy == "increment" else _record, cfg)
-    state, corrected = maybe_record(
-        take, lambda c, p: acceleration.record_if_finite(on_snapshot, c, p), (state, updates),
-        params)
-    if cfg.strategy != "increment":
+    if cfg.strategy == "increment":
+        state, corrected = maybe_record(take, functools.partial(_record_and_correct, cfg),
+                                        (state, updates), params)
+    else:   # the gate carries the state only: the updates' own fusion is not broken
+        state = maybe_record(take, lambda st, p: _record(cfg, (st, None), p)[0], state, params)
         state, corrected = acceleration.correct_updates(
-            state, corrected, updates, _columns, snapshots.ring_is_full(state.window),
+            state, updates, updates, _columns, snapshots.ring_is_full(state.window),
             cfg.apply_every, cfg.alpha, cfg.max_gain)
     return corrected, state._replace(count=optax.safe_increment(state.count))
 

@@ -114,32 +114,45 @@ def newest_slot(ring: RingWindow) -> jax.Array:
     return (ring.num_snapshots - 2) % ring_size(ring)
 
 
-def ring_push_rows(ring: RingWindow, params) -> tuple[RingWindow, jax.Array]:
+def ring_push_rows(ring: RingWindow, params, record=True) -> tuple[RingWindow, jax.Array]:
     """:func:`ring_push`, also returning ``(num_leaves, m)`` products ``<old slot_j, d>_l``.
 
     The products are with the slots as they were *before* the push (the
     overwritten oldest one included): what an amortised consumer needs to
     express the new increment in the previous window's coordinates.
+    ``record`` (a traced bool) False leaves the window as it was (every write
+    a select in the same pass, so no gate and no copy): how a non-finite
+    snapshot is skipped.
     """
     m = ring_size(ring)
     slot = (ring.num_snapshots - 1) % m
     first = ring.num_snapshots == 0
+    record = jnp.asarray(record, bool)   # ``~True`` would be the int -2
 
     def increment(p, last, s):
         dt = tree_math.accumulation_dtype(jnp.result_type(p, last))
-        return (p.astype(dt) - last.astype(dt)).astype(s.dtype)
+        new = (p.astype(dt) - last.astype(dt)).astype(s.dtype)
+        return jnp.where(record, new, jax.lax.dynamic_index_in_dim(s, slot, 0, keepdims=False))
 
     incs = jax.tree.map(increment, params, ring.last, ring.slots)
-    old = jnp.where(first, 0.0, tree_math.stacked_products(ring.slots, incs))
+    old = jnp.where(first | ~record, 0.0, tree_math.stacked_products(ring.slots, incs))
     norms = jnp.where(first, 0.0, jnp.stack(
         [tree_math.tree_vdot(d, d) for d in jax.tree.leaves(incs)]) if old.size else old[:, 0])
     rows = old.at[:, slot].set(norms) if old.size else old
-    slots = jax.tree.map(lambda s, d: jax.lax.dynamic_update_index_in_dim(s, d, slot, 0),
-                         ring.slots, incs)
+    # The write must come after every read of the old slots; tying the written
+    # values to the products (a zero XLA does not fold, also for an overflowed
+    # product) orders it, so the slots are updated in place instead of copied twice.
+    after = jnp.minimum(jnp.abs(jnp.sum(rows)), 0.0)
+    slots = jax.tree.map(
+        lambda s, d: jax.lax.dynamic_update_index_in_dim(s, d + after.astype(d.dtype), slot, 0),
+        ring.slots, incs)
     grams = ring.leaf_grams.at[:, slot, :].set(rows).at[:, :, slot].set(rows)
-    last = jax.tree.map(lambda p, l: p.astype(l.dtype), params, ring.last)
+    grams = jnp.where(record, grams, ring.leaf_grams)
+    last = jax.tree.map(lambda p, l: jnp.where(record, p.astype(l.dtype), l), params, ring.last)
     valid = jnp.where(first, 0, jnp.minimum(ring.num_valid + 1, m)).astype(jnp.int32)
-    return RingWindow(last, slots, grams, ring.num_snapshots + 1, valid), old
+    return RingWindow(last, slots, grams,
+                      ring.num_snapshots + jnp.asarray(record, jnp.int32),
+                      jnp.where(record, valid, ring.num_valid).astype(jnp.int32)), old
 
 
 def ring_push(ring: RingWindow, params) -> RingWindow:

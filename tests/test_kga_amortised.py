@@ -251,3 +251,24 @@ def test_masked_increment_strategy():
     p_base, _, _ = _train(optax.sgd(0.5), loss, params, 200)
     assert bool(s_mask[1].compact) and int(s_mask[1].num_mask_updates) > 5
     assert float(loss(p_mask)) < 0.6 * float(loss(p_base))
+
+
+@pytest.mark.parametrize("apply_every", [1, None])
+def test_a_non_finite_snapshot_is_skipped_without_a_gate(apply_every):
+    """The snapshot of non-finite params leaves the window, the operator and the
+    update untouched (selects in the push's own pass) and is counted."""
+    loss, params = quadratic_problem()
+    tx = koopax.kga(1.0, num_snapshots=4, snapshot_every=5, apply_every=apply_every)
+    chain = optax.chain(optax.sgd(0.5), tx)
+    _, state, _ = _train(chain, loss, params, 40)
+    st = state[1]._replace(count=jnp.int32(0))
+    bad = jax.tree.map(lambda x: x.at[0].set(jnp.inf), params)
+    u = jax.tree.map(lambda x: jnp.full(x.shape, 0.01, x.dtype), params)
+    out, new = jax.jit(tx.update)(u, st, bad)
+    assert int(new.num_nonfinite) == int(st.num_nonfinite) + 1
+    for a, b in zip(jax.tree.leaves((new.window, new.coefficients, new.num_refreshes)),
+                    jax.tree.leaves((st.window, st.coefficients, st.num_refreshes))):
+        np.testing.assert_array_equal(a, b)
+    if apply_every is None:   # no correction of a skipped snapshot
+        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(u)):
+            np.testing.assert_array_equal(a, b)

@@ -195,7 +195,8 @@ def _make_step(tx, grad):
 def test_kga_kwm_masks_frozen_weights_and_only_grows():
     params, hess, grad = _quadratic()
     mk = masks.kwm(1e-4, window=4, capacity=0.75)
-    tx = optax.chain(optax.sgd(0.9), koopax.masked_kga(mk, 0.5, num_snapshots=6, snapshot_every=2))
+    tx = optax.chain(optax.sgd(0.9), koopax.masked_kga(mk, 0.5, num_snapshots=6, snapshot_every=2,
+                                                           apply_every=1))
     step = _make_step(tx, grad)
     p, st = params, tx.init(params)
     kept_hist = []
@@ -246,7 +247,8 @@ def norm_run():
     """One compiled norm-masked KGA update shared by the tests below."""
     params, _, grad = _quadratic()
     mk = masks.norm(0.6, capacity=0.5, start=7)
-    tx = optax.chain(optax.sgd(0.9), koopax.masked_kga(mk, 0.5, num_snapshots=5, snapshot_every=2))
+    tx = optax.chain(optax.sgd(0.9), koopax.masked_kga(mk, 0.5, num_snapshots=5, snapshot_every=2,
+                                                           apply_every=1))
     update = jax.jit(tx.update)
 
     def step(p, st, g=None):
