@@ -298,9 +298,11 @@ def _refresh(cfg, state, caps):
 def _record(cfg, carry, params, sizes, caps):
     """Push, refresh, correct the newest increment (``cfg.increment``), decide, refresh.
 
-    The correction's coefficients stay valid through a decision: the kept
-    weights' slots are the same slots restricted, so ``X_I a`` is the
-    restriction of ``X a``.
+    The correction's coefficients stay valid through a shrinking decision: the
+    kept weights' slots are the same slots restricted, so ``X_I a`` is the
+    restriction of ``X a``. The snapshot of the first decision corrects
+    nothing (no weight is chosen yet; ``applied = 0`` keeps the next
+    correction exact).
     """
     state, updates = carry
     num_leaves = len(sizes)
@@ -311,13 +313,15 @@ def _record(cfg, carry, params, sizes, caps):
     state, rows, old, _ = maybe_apply(was_compact,
                                       lambda c: (*_push_compact(cfg, c[0], c[3]), c[3]), carry)
     state = _refresh(cfg, state, caps)
-    if cfg.increment:
-        state, updates = _correct_increment(cfg, state, updates, rows, old)
+    if cfg.increment:   # not at the transition: the mask has not chosen the weights yet
+        transition = (~state.compact & snapshots.ring_is_full(state.window)
+                      & (state.window.num_snapshots >= cfg.start))
+        state, updates = _correct_increment(cfg, state, updates, rows, old, ~transition)
     state, decided = _decide(cfg, state, sizes, caps)
     return maybe_apply(decided, lambda st: _refresh(cfg, st, caps), state), updates
 
 
-def _correct_increment(cfg, state, updates, rows, old):
+def _correct_increment(cfg, state, updates, rows, old, allowed):
     """Corrects the newest increment in the live window's coordinates (see koopax.kga)."""
     cw, w = state.compact_window, state.window
     live = RingWindow(None, None, *jax.tree.map(
@@ -328,7 +332,7 @@ def _correct_increment(cfg, state, updates, rows, old):
     products, cross = acceleration.residual_products(rows, old, state.applied)
     base_sq = live.leaf_grams[:, slot, slot] + cross
     scale, active = acceleration.usable_scale(
-        state, cfg.alpha, cfg.max_gain, snapshots.ring_is_full(live))
+        state, cfg.alpha, cfg.max_gain, snapshots.ring_is_full(live) & allowed)
     state = state._replace(applied=jnp.zeros_like(state.applied))
 
     def correct(c):

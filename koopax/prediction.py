@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from koopax import linalg, snapshots, tree_math, validation
-from koopax.dmd import gram_operator
+from koopax.dmd import gram_operator, sort_eigenvalues
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -137,7 +137,7 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
     coef = jnp.matmul(vs, jnp.matmul(total, z, precision=_HIGHEST), precision=_HIGHEST)
     values = linalg.eigvals(red.operator, red.rank)
     valid = jnp.arange(k) < red.rank
-    values = values[jnp.argsort(jnp.where(valid, -jnp.abs(values), jnp.inf))]
+    values = values[sort_eigenvalues(values, valid)]
     finite = jnp.all(jnp.isfinite(coef)) & jnp.all(jnp.isfinite(values))
     return PredictionCoefficients(coef.astype(jnp.float32), values.astype(jnp.complex64),
                                   red.rank, finite)

@@ -278,7 +278,7 @@ def test_kga_mask_base_update_on_masked_weights_and_no_recompile(norm_run):
     assert update._cache_size() == 1
     s = st[1]
     assert 0 < int(s.num_kept) <= 256 + 32
-    assert 0.0 < float(s.masked_fraction) < 1.0 and int(s.num_overflow) >= 0
+    assert 0.0 < float(s.masked_fraction) < 1.0
     assert (~kept).sum() == _flat(params).size - int(s.num_kept)
     assert int(s.num_stable) > 0
     assert not np.allclose(_flat(u)[kept], base[kept])  # kept weights accelerated
