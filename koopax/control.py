@@ -7,11 +7,17 @@ A ``fori_loop`` of 0 or 1 trips runs the body only when asked, and a
 loop-carried buffer is updated in place and passed through for free.
 
 Under ``vmap`` the trip count becomes batched and both outcomes are computed,
-as for ``lax.cond``.
+as for ``lax.cond``. Called eagerly (a concrete predicate), the gates are plain
+Python branches: nothing is compiled per call.
 """
 
 import jax
 import jax.numpy as jnp
+
+
+def _concrete(pred) -> bool:
+    """``pred`` is a known value (an eager call), not a tracer under jit/vmap/scan."""
+    return not isinstance(pred, jax.core.Tracer) and jnp.ndim(pred) == 0
 
 
 def maybe_apply(pred, fn, operand):
@@ -28,6 +34,8 @@ def maybe_apply(pred, fn, operand):
       >>> double(True, jnp.arange(3)).tolist(), double(False, jnp.arange(3)).tolist()
       ([0, 2, 4], [0, 1, 2])
     """
+    if _concrete(pred):   # eager call: plain Python (no loop to compile per call)
+        return fn(operand) if bool(pred) else operand
     return jax.lax.fori_loop(0, jnp.asarray(pred, jnp.int32), lambda _, x: fn(x), operand)
 
 
@@ -55,4 +63,6 @@ def maybe_record(pred, record, state, params):
         pinned = jax.tree.map(lambda x: jnp.where(i >= 0, x, jnp.zeros_like(x)), p)
         return record(st, pinned), p
 
+    if _concrete(pred):
+        return record(state, params) if bool(pred) else state
     return jax.lax.fori_loop(0, jnp.asarray(pred, jnp.int32), body, (state, params))[0]

@@ -23,7 +23,9 @@ it (``test_the_table_is_current`` keeps this copy of the table honest)::
 ``x``: runs; ``-``: left to other rows, to keep the file fast (every check still
 covers every implementation: kga, efficient_kga, masked_kga, and the engine
 of pdt and dmd_prediction). 8-dev: ``E`` a mesh with Explicit axes, ``A``
-Auto axes, ``E*`` xfail (a known bug, ``_EXPLICIT_BUG``). Identity limits:
+Auto axes, ``E*`` xfail (a known bug, ``_EXPLICIT_BUG``). inject: the
+TypeErrors on every row, the traced hyperparameters' run inside MultiSteps.
+jit: no recompilation. Identity limits:
 alpha=0 (KGA, Efficient-KGA), a mask that keeps nothing (masked KGA),
 criteria that reject everything and accept everything (= dmd_prediction) (PDT).
 
@@ -261,10 +263,10 @@ def _sgd(g):
     return jax.tree.map(lambda x: -LR * x, g)
 
 
-def _chain_step(chain, value_of=loss, bump_at=lambda i: i, **extra):
+def _chain_step(chain, value_of=loss, **extra):
     def step(p, s, i):
         v, g = jax.value_and_grad(loss)(p)
-        value = None if value_of is None else value_of(p) + bump(bump_at(i))
+        value = None if value_of is None else value_of(p) + bump(i)
         u, s = chain.update(g, s, p, value=value, **extra)
         return optax.apply_updates(p, u), s, {"updates": u}
     return step
