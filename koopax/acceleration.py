@@ -106,14 +106,15 @@ def operator_fields(size: int, num_eigenvalues: int) -> dict:
     )
 
 
-def install_operator(state, op: Operator, ready, coefficients):
+def install_operator(state, op: Operator, ready, coefficients, recorded=True):
     """Puts a refreshed operator into a KGA state if ``ready`` and finite.
 
     ``coefficients`` is ``op`` in the state's own coordinates. A non-finite
-    refresh disables acceleration (zero operator) and is counted.
+    refresh disables acceleration (zero operator) and is counted. ``recorded``
+    False (a skipped snapshot) keeps the state's operator and counters as they were.
     """
     good = ready & op.finite
-    return state._replace(
+    new = state._replace(
         coefficients=jnp.where(good, coefficients, 0.0),
         operator_norm=jnp.where(good, op.norm, 0.0),
         eigenvalues=jnp.where(good, op.eigenvalues, state.eigenvalues),
@@ -122,6 +123,12 @@ def install_operator(state, op: Operator, ready, coefficients):
         num_refreshes=state.num_refreshes + good.astype(jnp.int32),
         num_nonfinite=state.num_nonfinite + (ready & ~op.finite).astype(jnp.int32),
     )
+    if recorded is True:
+        return new
+    keep = {f: jnp.where(recorded, getattr(new, f), getattr(state, f))
+            for f in ("coefficients", "operator_norm", "eigenvalues", "rank", "num_stable",
+                      "num_refreshes", "num_nonfinite")}
+    return new._replace(**keep)
 
 
 def slot_coefficients(op_coefficients, order):

@@ -157,13 +157,8 @@ def _refresh(cfg: KGAConfig, state: KGAState, window, ok=True) -> KGAState:
         snapshots.ring_gram(window), num_features=tree_math.tree_size(window.last),
         epsilon=cfg.epsilon, rank=cfg.rank, rcond=cfg.rcond)
     coefs = acceleration.slot_coefficients(op.coefficients, snapshots.ring_order(window))
-    new = acceleration.install_operator(state._replace(window=window), op,
-                                        snapshots.ring_is_full(window), coefs)
-    # A skipped (non-finite) snapshot keeps the previous operator.
-    keep = {f: jnp.where(ok, getattr(new, f), getattr(state, f))
-            for f in ("coefficients", "operator_norm", "eigenvalues", "rank", "num_stable",
-                      "num_refreshes", "num_nonfinite")}
-    return new._replace(**keep)
+    return acceleration.install_operator(state._replace(window=window), op,
+                                         snapshots.ring_is_full(window), coefs, recorded=ok)
 
 
 def _record(cfg: KGAConfig, carry, params):

@@ -148,18 +148,16 @@ def predicted_displacement(window, horizon: int, *, rank=None, rcond=None,
     """``w_pred - w`` for the newest snapshot ``w = window.last``, ``tau`` ahead.
 
     Args:
-      window: a :class:`koopax.snapshots.IncrementWindow` or
-        :class:`koopax.snapshots.RingWindow`.
+      window: a :class:`koopax.snapshots.RingWindow`.
       horizon, rank, rcond, active_horizon: as :func:`prediction_coefficients`.
 
     Returns ``(displacement, info)``: the displacement is a pytree shaped like
     the snapshots with leaves in float32 (at least), ``info`` the
     :class:`PredictionCoefficients`. Only meaningful once the window is full
-    (:func:`koopax.snapshots.is_full`); callers check ``info.finite`` and the
+    (:func:`koopax.snapshots.ring_is_full`); callers check ``info.finite`` and the
     displacement's finiteness before using it.
     """
-    ring = isinstance(window, snapshots.RingWindow)
-    m = window.gram.shape[0]
+    m = snapshots.ring_size(window)
     if m < 2:
         raise ValueError(f"window: need at least 2 increments for one DMD pair; got {m}.")
     num_features = tree_math.tree_size(window.last)
@@ -168,12 +166,8 @@ def predicted_displacement(window, horizon: int, *, rank=None, rcond=None,
                                       jnp.zeros((m - 1,), jnp.complex64),
                                       jnp.zeros((), jnp.int32), jnp.asarray(True))
     else:
-        gram = snapshots.ring_gram(window) if ring else window.gram
-        info = prediction_coefficients(gram, horizon, num_features=num_features,
+        info = prediction_coefficients(snapshots.ring_gram(window), horizon, num_features=num_features,
                                        rank=rank, rcond=rcond, active_horizon=active_horizon)
     like = jax.tree.map(
         lambda x: jnp.zeros(x.shape, tree_math.accumulation_dtype(x.dtype)), window.last)
-    if ring:
-        return snapshots.ring_combination(window, info.coefficients, like), info
-    displacement = tree_math.tree_combination(window.increments[:-1], info.coefficients, like)
-    return displacement, info
+    return snapshots.ring_combination(window, info.coefficients, like), info

@@ -106,17 +106,22 @@ def numpy_kga_reference(snaps, u, alpha, epsilon):
     return (u + uu @ (a_new - a)).real, lam
 
 
-def test_update_matches_the_paper_equations_and_scales_stable_modes():
-    # Weights follow an exactly linear increment dynamics with eigenvalues
-    # 0.9, 0.5 (stable) and 1.0 (neutral); KGA must scale stable components by
-    # (1 + alpha lambda) and leave the rest.
+def linear_increment_snapshots(n=30, h=6):
+    """``h`` snapshots whose increments follow eigenvalues 0.9, 0.5 and 1.0 exactly."""
     rng = np.random.default_rng(0)
-    n, h = 30, 6
     basis, _ = np.linalg.qr(rng.normal(size=(n, 3)))
     lam = np.array([0.9, 0.5, 1.0])
     coef = rng.normal(size=3) + 1.0
     incs = np.array([basis @ (coef * lam**t) for t in range(h - 1)])
-    snaps = np.concatenate([np.zeros((1, n)), np.cumsum(incs, 0)]) + 3.0
+    return rng, basis, lam, np.concatenate([np.zeros((1, n)), np.cumsum(incs, 0)]) + 3.0
+
+
+def test_update_matches_the_paper_equations_and_scales_stable_modes():
+    # Weights follow an exactly linear increment dynamics with eigenvalues
+    # 0.9, 0.5 (stable) and 1.0 (neutral); KGA must scale stable components by
+    # (1 + alpha lambda) and leave the rest.
+    rng, basis, lam, snaps = linear_increment_snapshots()
+    n, h = snaps.shape[1], snaps.shape[0]
     tx = koopax.kga(0.7, num_snapshots=h, snapshot_every=1, epsilon=0.02, rank=3)
     state = tx.init(jnp.zeros(n))
     update = jax.jit(tx.update)

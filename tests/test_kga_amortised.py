@@ -12,7 +12,7 @@ import pytest
 import koopax
 from koopax import acceleration, kga_window, tree_math
 
-from test_kga import numpy_kga_reference, quadratic_problem
+from test_kga import linear_increment_snapshots, numpy_kga_reference, quadratic_problem
 
 
 def _two_quadratics():
@@ -183,13 +183,8 @@ def test_valve_backs_off_a_destabilising_alpha():
 def test_efficient_kga_matches_the_numpy_reference():
     """Efficient-KGA's basis spans the window's increments: on linear increment
     dynamics its update is the paper's (NumPy, exact eigendecomposition)."""
-    rng = np.random.default_rng(0)
-    n, h = 30, 6
-    basis, _ = np.linalg.qr(rng.normal(size=(n, 3)))
-    lam = np.array([0.9, 0.5, 1.0])
-    coef = rng.normal(size=3) + 1.0
-    incs = np.array([basis @ (coef * lam**t) for t in range(h - 1)])
-    snaps = np.concatenate([np.zeros((1, n)), np.cumsum(incs, 0)]) + 3.0
+    rng, _, _, snaps = linear_increment_snapshots()
+    n, h = snaps.shape[1], snaps.shape[0]
     tx = koopax.efficient_kga(0.7, num_snapshots=h, snapshot_every=1, epsilon=0.02, rank=3,
                               refresh_every=None)
     state = tx.init(jnp.zeros(n))
