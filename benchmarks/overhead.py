@@ -5,8 +5,11 @@ Sections (``--sections``, default all):
 * ``models``: step time of ``chain(base, method)`` / ``base`` (a full training step:
   forward, backward, optimizer) for the ~1.07M-parameter MLP (784-1024-256-10)
   and the tiny FCN, AlexNet and ResNet (``resnet50`` tiny) of ``examples.models`` on
-  random 32x32x3 images, for kga (h = 6), kga efficient, kga + KWM mask, pdt, dogra
-  and tano.
+  random 32x32x3 images, for kga (h = 6), kga efficient, kga + KWM / norm / delta mask
+  (the KGA paper's Table 1), pdt, dogra and tano. The three masks share KWM's static
+  capacity (0.5 of every leaf); the norm and delta thresholds are calibrated on each
+  model (:func:`mask_thresholds`: the median ``|w|`` at init, the median per-snapshot
+  ``|w_{k+1} - w_k|`` of the base), since the paper gives none.
 * ``params``: the ratio kga / base and the DMD refresh time / one pass over the
   snapshot buffer vs the number of parameters (1e5 .. 3e7), on a diagonal quadratic
   loss over MLP-shaped leaves (the gradient is one elementwise pass, so the optimizer
@@ -19,7 +22,9 @@ Sections (``--sections``, default all):
   (same quadratic, ~1e6 parameters).
 
 A block of ``--steps`` steps is one compiled ``lax.scan``; koopax methods snapshot
-once per block (KGA-Epoch). Every method is warmed up until its window is full
+once per block (KGA-Epoch; ``--steps 100`` is ``koopax.kga``'s default ``snapshot_every``)
+and correct with the library's default ``apply_every`` (= ``snapshot_every``) unless the
+method's name says otherwise. Every method is warmed up until its window is full
 (``num_snapshots + 1`` blocks), then the methods' blocks are timed interleaved,
 ``--repeats`` rounds; step times are medians. Writes ``overhead.json`` (every number,
 plus the environment) and PNG plots to ``--output-dir``. ``--quick`` shrinks every
@@ -57,8 +62,19 @@ from koopax.acceleration import acceleration_operator  # noqa: E402
 SECTIONS = ("models", "params", "snapshots", "masks")
 MODELS = ("mlp", "fcn", "alexnet", "resnet50")
 METHODS = ("kga", "kga_each", "kga_sum10", "kga_increment", "kga_bf16", "kga_efficient",
-           "kga_efficient_r2_bf16", "kga_kwm", "pdt",
+           "kga_efficient_r2_bf16", "kga_kwm", "kga_norm", "kga_delta", "pdt",
            "dogra", "tano")
+#: The masked methods of the models section whose thresholds are calibrated on the task.
+CALIBRATED = ("kga_norm", "kga_delta")
+#: Every mask of the models section gets KWM's capacity (the harness's 0.5): the three
+#: masked methods then run on compact buffers of the same static size, and their step
+#: times differ by the criterion and its compaction only.
+MASK_CAPACITY = 0.5
+#: The norm / delta thresholds are this quantile of ``|w|`` at init / of ``|w_{k+1} - w_k|``
+#: over one base block (one snapshot period): about half the weights fail each criterion.
+MASK_QUANTILE = 0.5
+#: The delta mask's window N (the KGA paper's App. A.5: 5 epochs), at most ``h - 1``.
+DELTA_WINDOW = 5
 PARAM_TARGETS = (1e5, 1e6, 1e7, 3e7)
 #: KGA's goal of issue 5 for the step-time ratio.
 GOAL_RATIO = 1.05
@@ -74,9 +90,17 @@ QUICK_MLP_SIZES = (64, 64, 10)
 
 
 # ----------------------------------------------------------------------------- methods
-def make_method(name: str, steps: int, num_snapshots: int):
-    """The koopax transformation ``name`` of the models section (snapshot every block)."""
+def make_method(name: str, steps: int, num_snapshots: int, thresholds: dict | None = None):
+    """The koopax transformation ``name`` of the models section (snapshot every block).
+
+    ``thresholds`` (``{"norm": theta, "delta": theta}``, :func:`mask_thresholds`) are
+    required by ``kga_norm`` and ``kga_delta``.
+    """
     kga_kw = dict(num_snapshots=num_snapshots, snapshot_every=steps)
+    if name in CALIBRATED:
+        key = name.removeprefix("kga_")
+        if not thresholds or thresholds.get(key) is None:
+            raise ValueError(f"{name} needs thresholds[{key!r}] (see mask_thresholds).")
     if name == "kga":            # the library's defaults for apply_every
         return koopax.kga(1.0, **kga_kw)
     if name == "kga_each":       # every update corrected (the paper)
@@ -94,7 +118,14 @@ def make_method(name: str, steps: int, num_snapshots: int):
     if name == "kga_kwm":
         # The harness's KWM (examples.methods): relative threshold 0.03, capacity 0.5.
         return koopax.masked_kga(koopax.masks.kwm(0.03, window=3, relative=True,
-                                                  capacity=0.5), 1.0, **kga_kw)
+                                                  capacity=MASK_CAPACITY), 1.0, **kga_kw)
+    if name == "kga_norm":
+        return koopax.masked_kga(koopax.masks.norm(thresholds["norm"], capacity=MASK_CAPACITY),
+                                 1.0, **kga_kw)
+    if name == "kga_delta":
+        mask = koopax.masks.delta(thresholds["delta"], window=min(DELTA_WINDOW, num_snapshots - 1),
+                                  capacity=MASK_CAPACITY)
+        return koopax.masked_kga(mask, 1.0, **kga_kw)
     if name == "pdt":
         return koopax.pdt(snapshot_every=steps)
     if name in ("dogra", "tano"):
@@ -107,10 +138,27 @@ def _base_fn(args):
     return lambda: common.with_method(common.base_optimizer(args.base, args.lr))
 
 
-def _method_fn(args, name):
+def _method_fn(args, name, thresholds=None):
     """A factory of ``chain(base, method name)``."""
-    return lambda: common.with_method(common.base_optimizer(args.base, args.lr),
-                                      make_method(name, args.steps, args.num_snapshots))
+    return lambda: common.with_method(
+        common.base_optimizer(args.base, args.lr),
+        make_method(name, args.steps, args.num_snapshots, thresholds))
+
+
+def mask_thresholds(task, base_runner, quantile: float = MASK_QUANTILE) -> dict:
+    """The norm and delta thresholds of ``task``, so that each mask has work to do.
+
+    The KGA paper does not report its thresholds, and absolute ones do not transfer
+    between models. ``norm``: the ``quantile`` of ``|w|`` at init; ``delta``: the
+    ``quantile`` of ``|w_{k+1} - w_k|`` over one block (one snapshot period) of the base
+    optimizer, trained on from ``base_runner``'s current weights (the runner moves on by
+    one block).
+    """
+    before = jax.tree.map(np.array, base_runner.params)  # copies: the carry is donated
+    base_runner.run()
+    step = jax.tree.map(lambda a, b: np.array(a) - b, base_runner.params, before)
+    return {"norm": common.abs_quantile(task.params, quantile),
+            "delta": common.abs_quantile(step, quantile), "quantile": quantile}
 
 
 def timed_comparison(pool, task, base_tx_fn, methods: dict, warmup: dict, repeats: int):
@@ -159,24 +207,35 @@ def section_models(args, pool) -> dict:
         n = tree_math.tree_size(task.params)
         print(f"\n[models] {model}: {n:,} parameters, batch {args.batch}, "
               f"{args.steps} steps/block", flush=True)
-        methods = {name: _method_fn(args, name) for name in args.methods}
+        thresholds = None
+        if any(name in CALIBRATED for name in args.methods):
+            thresholds = mask_thresholds(task, pool.get(task, "base", base_fn, 2))
+            print(f"mask thresholds: norm {thresholds['norm']:.3g} (median |w| at init), "
+                  f"delta {thresholds['delta']:.3g} (median |w_k+1 - w_k| over one base block)",
+                  flush=True)
+        methods = {name: _method_fn(args, name, thresholds) for name in args.methods}
         warmup = {name: args.num_snapshots + 1 for name in methods}
         base, stats, _ = timed_comparison(pool, task, base_fn, methods, warmup, args.repeats)
         pool.drop(task.name)
-        rows = [[name, s["ms_per_step"], s["ratio"], s["compile_s"], _brief(s["diagnostics"])]
-                for name, s in stats.items()]
+        rows = [[name, s["ms_per_step"], s["ratio"], s["ratio_paired"], s["ratio_paired_min"],
+                 s["ratio_paired_max"], s["ratio_best"], s["compile_s"],
+                 _brief(s["diagnostics"])] for name, s in stats.items()]
         print(common.format_table(
-            ["method", "ms/step", f"x {args.base}", "compile s", "diagnostics"],
-            [[args.base, base["ms_per_step"], 1.0, base["compile_s"], ""]] + rows))
+            ["method", "ms/step", f"x {args.base}", "paired", "min", "max", "best",
+             "compile s", "diagnostics"],
+            [[args.base, base["ms_per_step"], 1.0, 1.0, 1.0, 1.0, 1.0, base["compile_s"], ""]]
+            + rows))
         results.append({"model": model, "task": task.name, "num_params": n,
-                        "base": base, "methods": stats})
+                        "base": base, "methods": stats, "mask_thresholds": thresholds})
     return {"base": args.base, "batch": args.batch, "steps_per_block": args.steps,
+            "snapshot_every": args.steps, "apply_every": "library default (snapshot_every)",
             "num_snapshots": args.num_snapshots, "image_shape": [32, 32, 3],
-            "results": results}
+            "mask_capacity": MASK_CAPACITY, "results": results}
 
 
 def _brief(diag: dict) -> str:
-    keys = ("num_refreshes", "num_stable", "compact", "masked_fraction", "num_jumps",
+    keys = ("num_refreshes", "num_stable", "compact", "masked_fraction", "num_overflow",
+            "num_jumps",
             "num_rollbacks", "stopped", "num_nonfinite")
     parts = []
     for k in keys:

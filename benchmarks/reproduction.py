@@ -71,6 +71,7 @@ ALPHA_GRID = "a0:alpha=0;a1:alpha=1;a2:alpha=2;a5:alpha=5;a10:alpha=10;a20:alpha
 PDT_SENSITIVITY_GRID = ("h3:horizon=3;h5:horizon=5;h7:horizon=7;h10:horizon=10;"
                         "i2:interval=2;i3:interval=3;s8:start=8;s12:start=12")
 HARNESS = ("--no-plots", "--no-progress")
+MASK_RUNTIME_METHODS = "kga,kga_norm,kga_delta,kga_kwm"
 
 #: Every row with a command, in REPRODUCTION.md's order.
 ROWS: tuple[Row, ...] = (
@@ -86,9 +87,27 @@ ROWS: tuple[Row, ...] = (
         ("benchmarks.reproduction:grid_main", "--task", "digits_mlp", "--method", "kga",
          "--seeds", "5", "--tune", "--grid", ALPHA_GRID),
         estimate="~30 s"),
+    # KGA paper Fig. 11: the 34,689-weight conv VAE on digits (negative ELBO), SGD tuned
+    # from 0.03 (0.5 diverges). --quick: compare's (1 epoch, tiny, 4 batches), no sweep.
+    Row("kga_fig11_conv_vae",
+        ("examples.compare", "--model", "conv_vae", "--methods", "kga", "--seeds", "5",
+         "--lr", "0.03", "--tune") + HARNESS,
+        quick=("--quick", "--no-tune"), cheap=False, estimate="~10 min"),
     Row("kga_fig14_variance",
         ("benchmarks.reproduction:variance_main", "--seeds", "5"),
         estimate="~15 s"),
+    # KGA paper Table 1: step time of KGA and its norm / delta / KWM masks over Adam's, on
+    # the tiny AlexNet and FCN, a snapshot every 100 steps (koopax.kga's default).
+    Row("kga_table1_mask_runtimes",
+        ("benchmarks.overhead", "--sections", "models", "--models", "alexnet,fcn",
+         "--methods", MASK_RUNTIME_METHODS, "--base", "adam", "--steps", "100", "--batch",
+         "16", "--repeats", "9", "--no-plots"),
+        quick=("--quick", "--models", "mlp", "--steps", "3", "--batch", "8", "--repeats", "2"),
+        cheap=False, estimate="~8-10 min"),
+    # The masked fraction of KGA's KWM mask over training (the reviewers' question R3).
+    Row("kga_kwm_masked_fraction",
+        ("examples.compare", "--methods", "kga_kwm", "--seeds", "5", "--no-progress"),
+        estimate="~20 s"),
     Row("pdt_a6_non_iid",
         ("examples.compare", "--methods", "pdt", "--seeds", "5", "--non-iid") + HARNESS,
         # compare's --quick keeps 4 batches of examples: too few for one batch per class.
@@ -207,26 +226,71 @@ def flops_ratios(results: dict, name: str) -> dict | None:
     return spread(out)
 
 
+def accelerated_fraction(diagnostics: dict) -> float | None:
+    """The fraction of the weights a masked KGA accelerates, from its epoch diagnostics.
+
+    ``masked_fraction`` counts only the weights the criterion excluded; the weights it
+    kept beyond the static capacity (``num_overflow``) are not accelerated either. With
+    ``N`` weights, ``num_kept + num_overflow = (1 - masked_fraction) N``, so the
+    accelerated fraction ``num_kept / N`` needs no parameter count. Before the first
+    decision (nothing kept or overflowing, nothing masked) every weight is accelerated.
+    """
+    frac, kept, over = (diagnostics.get(k) for k in ("masked_fraction", "num_kept",
+                                                       "num_overflow"))
+    if frac is None or kept is None or over is None:
+        return None
+    if kept + over == 0:
+        return 1.0 if frac == 0 else 0.0
+    return (1.0 - frac) * kept / (kept + over)
+
+
+def fraction_table(results: dict, key: str, epochs, *, rows=None) -> str:
+    """Median [min, max] over seeds of the per-epoch diagnostic ``key`` after ``epochs``
+    (1-based; those past the run are left out), one line per row that records it.
+
+    ``rows``: ``{label: (name, value_fn)}`` instead, ``value_fn(diagnostics)`` the value.
+    """
+    if rows is None:
+        rows = {n: (n, lambda d: d.get(key)) for n in results["runs"]
+                if any(key in d for r in results["runs"][n] for d in r["diagnostics"])}
+    if not rows:
+        return ""
+    first = next(iter(rows.values()))[0]
+    num = len(results["runs"][first][0]["diagnostics"])
+    epochs = [e for e in epochs if e <= num] or [num]  # a short run: its last epoch
+    lines = ["| row | " + " | ".join(f"after epoch {e}" for e in epochs) + " |",
+             "|---|" + "---|" * len(epochs)]
+    for label, (name, value) in rows.items():
+        cells = [_spread(_values([value(r["diagnostics"][e - 1]) for r in results["runs"][name]]))
+                 for e in epochs]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def accepted_table(results: dict, epochs=(6, 8, 10, 15, 20, 25, 30)) -> str:
     """PDT's (or a baseline's) accepted fraction over training: median [min, max] over
     seeds of the fraction accepted at the latest jump, after the given epochs."""
-    rows = [n for n in results["runs"] if any("accepted_ratio" in d for r in results["runs"][n]
+    table = fraction_table(results, "accepted_ratio", epochs)
+    return table and ("Accepted fraction over training (the fraction of the weights that "
+                      "took the prediction at the latest jump):\n\n" + table)
+
+
+def masked_table(results: dict, epochs=(5, 6, 7, 8, 10, 15, 20, 25, 30)) -> str:
+    """A KGA mask's masked fraction over training (REPRODUCTION.md R3): median [min, max]
+    over seeds of the fraction of the weights the mask excluded, after the given epochs."""
+    names = [n for n in results["runs"] if any("masked_fraction" in d for r in results["runs"][n]
                                                 for d in r["diagnostics"])]
-    if not rows:
-        return ""
-    num = len(results["runs"][rows[0]][0]["diagnostics"])
-    epochs = [e for e in epochs if e <= num]
-    lines = ["| row | " + " | ".join(f"after epoch {e}" for e in epochs) + " |",
-             "|---|" + "---|" * len(epochs)]
-    for n in rows:
-        cells = []
-        for e in epochs:
-            v = _values([r["diagnostics"][e - 1].get("accepted_ratio")
-                         for r in results["runs"][n]])
-            cells.append(_spread(v))
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return ("Accepted fraction over training (the fraction of the weights that took the "
-            "prediction at the latest jump):\n\n" + "\n".join(lines))
+    rows = {}
+    for n in names:
+        rows[f"{n}: masked"] = (n, lambda d: d.get("masked_fraction"))
+        if any("num_kept" in d for r in results["runs"][n] for d in r["diagnostics"]):
+            rows[f"{n}: accelerated"] = (n, accelerated_fraction)
+    table = fraction_table(results, "masked_fraction", epochs, rows=rows)
+    return table and (
+        "Masked fraction over training (masked: the fraction of the weights the mask's "
+        "criterion excluded, 0 before its first decision; accelerated: the fraction KGA "
+        "still accelerates, below 1 - masked where the criterion kept more weights than "
+        "the mask's capacity holds):\n\n" + table)
 
 
 def harness_table(results: dict) -> str:
@@ -268,8 +332,48 @@ def harness_table(results: dict) -> str:
                  "excluded); '-' in max: a seed did not reach it. FLOPs: XLA's count of "
                  "one step (gated regions included on every step: an upper bound for koopax "
                  "methods) times the steps to the target")
-    accepted = accepted_table(results)
-    return "\n".join(lines) + (f"\n\n{accepted}" if accepted else "")
+    extra = [t for t in (accepted_table(results), masked_table(results)) if t]
+    return "\n\n".join(["\n".join(lines)] + extra)
+
+
+def overhead_table(data: dict) -> str:
+    """The models section of ``overhead.json``: step time over the base's, per model and
+    method (the KGA paper's Table 1 as ratios)."""
+    section = data["sections"]["models"]
+    base = section["base"]
+    lines = [f"| model | method | ms / step | x {base} (medians) | x {base} paired: median "
+             f"[min, max] | x {base} (fastest blocks) | masked | accelerated |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in section["results"]:
+        lines.append(f"| {r['model']} ({r['num_params']:,} weights) | {base} | "
+                     f"{r['base']['ms_per_step']:.2f} | 1 | 1 | 1 | - | - |")
+        for name, s in r["methods"].items():
+            d = s.get("diagnostics", {})
+            paired = dict(median=s.get("ratio_paired"), min=s.get("ratio_paired_min"),
+                          max=s.get("ratio_paired_max"))
+            frac, best = d.get("masked_fraction"), s.get("ratio_best")
+            kept = None if d.get("num_kept") is None else d["num_kept"] / r["num_params"]
+            lines.append(f"| | {name} | {s['ms_per_step']:.2f} | {s['ratio']:.3f} | "
+                         f"{_spread(paired, '.3f')} | "
+                         f"{'-' if best is None else f'{best:.3f}'} | "
+                         f"{'-' if frac is None else f'{frac:.2f}'} | "
+                         f"{'-' if kept is None else f'{kept:.2f}'} |")
+    env, cfg = data.get("environment", {}), section.get("config", {})
+    thresholds = [f"{r['model']} norm {t['norm']:.3g}, delta {t['delta']:.3g}"
+                  for r in section["results"] if (t := r.get("mask_thresholds"))]
+    lines.append(
+        f"\n{base} lr {cfg.get('lr') or 'default'}, batch {section['batch']}, a snapshot every "
+        f"{section['steps_per_block']} steps (one timed block; apply_every = snapshot_every), "
+        f"window {section['num_snapshots']}, {cfg.get('repeats', '?')} interleaved repeats "
+        "after warming up until the window is full. Medians: the median block over the "
+        "base's; paired: each repeat's block over the base's of the same round; fastest "
+        "blocks: the ratio of the minima (the block least disturbed by other processes). "
+        "masked: the fraction the mask's criterion excluded; accelerated: the fraction in "
+        f"the compact buffers (capacity {section.get('mask_capacity', '?')} of every leaf)"
+        + (f"; thresholds {'; '.join(thresholds)}" if thresholds else "")
+        + f". Machine: {env.get('platform')}, {env.get('cpus_available')} of "
+        f"{env.get('cpu_count')} CPUs, jax {env.get('jax')}, {env.get('utc')}")
+    return "\n".join(lines)
 
 
 def memory_table(data: dict) -> str:
@@ -285,6 +389,9 @@ def row_summary(row: Row, out: str) -> str:
     """The Markdown table of what ``row`` wrote into ``out`` ('' if nothing is there)."""
     path = lambda *p: os.path.join(out, *p)  # noqa: E731
     target = row.argv[0]
+    if target == "benchmarks.overhead" and os.path.exists(path("overhead.json")):
+        data = json.load(open(path("overhead.json")))
+        return overhead_table(data) if "models" in data.get("sections", {}) else ""
     if target == "benchmarks.memory" and os.path.exists(path("memory.json")):
         return memory_table(json.load(open(path("memory.json"))))
     if target.endswith("variance_main") and os.path.exists(path("variance.md")):

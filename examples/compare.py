@@ -13,7 +13,9 @@ are interleaved. For each method the harness reports:
 * FLOPs to that point: XLA's cost analysis of one lowered training step times
   the steps taken;
 * KGA diagnostics (DMD eigenvalues, stable count, refreshes), PDT's accepted
-  ratio, a KGA mask's masked fraction and PDT's rollbacks; final test accuracy.
+  ratio, a KGA mask's masked fraction and PDT's rollbacks; final test accuracy
+  (classification only: ``--model conv_vae`` trains a VAE on the negative ELBO,
+  whose report has losses and no accuracy).
 
 ``--tune`` first sweeps the base's learning rate by factors of 2 until the best
 is interior (:mod:`examples.tune`) and runs everything at that rate: the
@@ -144,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Base optimizer vs koopax methods: time to the baseline's best loss.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT.model,
-                   help="mlp, cnn1d, fcn, alexnet, resnet50 or vit (examples.models)")
+                   help="mlp, cnn1d, fcn, alexnet, resnet50, vit or conv_vae (examples.models; "
+                        "conv_vae: a VAE on the images, trained on the negative ELBO, labels "
+                        "unused, no accuracy; with sgd use --lr 0.03, 0.5 diverges)")
     p.add_argument("--size", default=DEFAULT.size, choices=("tiny", "full"),
                    help="model size passed to examples.models.create_model")
     p.add_argument("--hidden", type=_hidden, default=None,
@@ -159,10 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the base's (peak) learning rate; with --tune, where the sweep starts")
     p.add_argument("--schedule", default=DEFAULT.schedule, choices=registry.SCHEDULES,
                    help="cosine: optax.cosine_decay_schedule from --lr to 0 over the run")
-    p.add_argument("--tune", action="store_true",
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=False,
                    help="sweep the base's lr by factors of 2 from --lr until the best (lowest "
                         "best-epoch train loss, diverged = worst) is interior; run everything "
-                        "at that rate (the tuned base as the reference)")
+                        "at that rate (the tuned base as the reference); --no-tune: the "
+                        "given rate (the last of the two flags wins)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT.batch_size)
     p.add_argument("--epochs", type=positive_int, default=DEFAULT.epochs)
     p.add_argument("--seeds", type=positive_int, default=DEFAULT.seeds,

@@ -290,6 +290,11 @@ DIAGNOSTIC_KEYS = {
     "accepted_ratio": ("accepted_ratio",),
     # KGA masks: fraction of the weights excluded from acceleration (0 = none).
     "masked_fraction": ("masked_fraction",),
+    # KGA masks: weights accelerated (in the compact buffers; 0 before the first
+    # decision, when every weight is) and weights the criterion kept that no slot of
+    # the static capacity could hold (not accelerated either, not in masked_fraction).
+    "num_kept": ("num_kept",),
+    "num_overflow": ("num_overflow",),
     "jumps": ("num_jumps",),
     "rollbacks": ("num_rollbacks", "rollbacks", "rollback_count"),
 }

@@ -45,6 +45,7 @@ __all__ = [
     "Block",
     "Config",
     "Runner",
+    "TASK_KINDS",
     "Task",
     "base_lr_name",
     "epoch_batches",
@@ -52,6 +53,7 @@ __all__ = [
     "load_data",
     "model_factory",
     "model_task",
+    "task_kind",
     "train_and_evaluate",
 ]
 
@@ -71,7 +73,9 @@ class Config:
       dataset, data_path: :func:`examples.datasets.load_dataset`'s name and ``path``.
       train_subset: train on the first N training examples only (``None``: all).
       model, size, hidden: :func:`examples.models.create_model`'s name and size;
-        ``hidden`` the MLP's hidden sizes (``mlp`` only).
+        ``hidden`` the MLP's hidden sizes (``mlp`` only). A VAE (``conv_vae``) is
+        trained as the ``'vae'`` task on the dataset's inputs (labels unused),
+        every other model as the dataset's own task (:func:`task_kind`).
       optimizer, learning_rate, schedule: the base optimizer
         (:func:`examples.methods.make_base_optimizer`).
       batch_size, epochs, seeds: seeds are ``0, ..., seeds - 1``.
@@ -188,6 +192,28 @@ class Task(NamedTuple):
     loss_fn: Callable | None = None
 
 
+#: The task kinds of :func:`model_task`.
+TASK_KINDS = ("classification", "regression", "vae")
+#: Stream tag of the VAE's reparameterisation noise (``fold_in`` of the seed's key), so
+#: that the noise is not the initialisation's stream (``nnx.Rngs(seed)``).
+_NOISE_STREAM = 0x7AE
+
+
+def task_kind(model: str, data) -> str:
+    """The :func:`model_task` kind of training ``model`` (a zoo name) on ``data``:
+    ``'vae'`` for the VAE models, else the dataset's own task."""
+    from examples.models import VAE_MODELS
+
+    return "vae" if model in VAE_MODELS else data.task
+
+
+def _noise_keys(seed: int):
+    """``(train_key, eval_key)`` of a seed: raw ``uint32[2]`` keys (copyable, donatable)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), _NOISE_STREAM)
+    train_key, eval_key = jax.random.split(key)
+    return train_key, eval_key
+
+
 def _loss_and_metric(out, y, kind):
     if kind == "classification":
         loss = optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
@@ -197,25 +223,43 @@ def _loss_and_metric(out, y, kind):
     return jnp.mean((out - y) ** 2), jnp.zeros((), jnp.float32)
 
 
-def model_task(model, kind: str, *, steps: int | None, name: str = "model", data=None) -> Task:
+def model_task(model, kind: str, *, steps: int | None, name: str = "model", data=None,
+               seed: int = 0) -> Task:
     """The :class:`Task` of training a Flax NNX ``model``.
 
     ``nnx.Param`` s are the parameters, everything else (BatchNorm statistics,
     RNG counters) is ``rest``. Training runs the model in train mode,
     evaluation an eval-mode copy of its graph.
 
+    The ``'vae'`` kind draws the reparameterisation noise from explicit keys
+    carried in ``rest`` (``{'model': ..., 'key': ..., 'eval_key': ...}``, raw
+    ``uint32[2]`` keys derived from ``seed``): every training step splits
+    ``key`` and uses one half, so the noise of step ``t`` depends only on
+    ``seed`` and ``t``, and every optimizer trained from the same task (a
+    :meth:`Runner.reset` with its ``rest``) sees the same noise. Evaluation
+    uses the fixed ``eval_key`` (the same noise at every epoch).
+
     Args:
       model: a Flax NNX module (left in train mode).
-      kind: ``'classification'`` (integer labels, cross-entropy; metric =
-        accuracy) or ``'regression'`` (mean squared error; metric = 0).
+      kind: one of :data:`TASK_KINDS`: ``'classification'`` (integer labels,
+        cross-entropy; metric = accuracy), ``'regression'`` (mean squared error;
+        metric = 0) or ``'vae'`` (a VAE ``model(x, key) -> (logits, mean,
+        log_var)`` such as :class:`examples.models.ConvVAE`; loss = the negative
+        ELBO per example, :func:`examples.models.vae.negative_elbo`, the batch's
+        labels unused; metric = its KL term, not an accuracy).
       steps: steps per block (``None``: the batches' leading axis).
+      seed: seeds the ``'vae'`` kind's noise keys (ignored by the others).
     """
     from flax import nnx
 
-    if kind not in ("classification", "regression"):
-        raise ValueError(f"kind must be 'classification' or 'regression'; got {kind!r}.")
+    if kind not in TASK_KINDS:
+        raise ValueError(f"kind must be one of {TASK_KINDS}; got {kind!r}.")
     if not isinstance(model, nnx.Module):
         raise ValueError(f"model must be a flax.nnx.Module; got {type(model).__name__}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an int; got {seed!r}.")
+    if kind == "vae":
+        return _vae_task(model, steps=steps, name=name, data=data, seed=int(seed))
     model.eval()
     eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
     model.train()
@@ -240,6 +284,44 @@ def model_task(model, kind: str, *, steps: int | None, name: str = "model", data
 
     return Task(name, nnx.as_pure(params), nnx.as_pure(rest), (), data, steps, grad_fn,
                 eval_fn, loss_fn)
+
+
+def _vae_task(model, *, steps, name, data, seed) -> Task:
+    """:func:`model_task`'s ``'vae'`` kind (its docstring has the noise keys)."""
+    from flax import nnx
+
+    from examples.models.vae import negative_elbo
+
+    model.eval()
+    eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
+    model.train()
+    graph, params, model_rest = nnx.split(model, nnx.Param, ...)
+    train_key, eval_key = _noise_keys(seed)
+    rest = dict(model=nnx.as_pure(model_rest), key=train_key, eval_key=eval_key)
+
+    def loss_fn(p, r, x, y):
+        del y  # unsupervised: the labels are not used
+        key, noise = jax.random.split(r["key"])
+        m = nnx.merge(graph, p, r["model"])
+        logits, mean, log_var = m(x, noise)
+        terms = negative_elbo(logits, x, mean, log_var)
+        _, _, new_rest = nnx.split(m, nnx.Param, ...)
+        return terms.loss, (terms.kl, dict(r, model=nnx.as_pure(new_rest), key=key))
+
+    def grad_fn(p, r, consts, batch):
+        del consts
+        (loss, (metric, r)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, r, *batch)
+        return loss, grads, r, metric
+
+    def eval_fn(p, r, consts, x, y):
+        del consts, y
+        m = nnx.merge(eval_graph, p, r["model"])
+        logits, mean, log_var = m(x, r["eval_key"])
+        terms = negative_elbo(logits, x, mean, log_var)
+        n = x.shape[0]
+        return terms.loss * n, terms.kl * n
+
+    return Task(name, nnx.as_pure(params), rest, (), data, steps, grad_fn, eval_fn, loss_fn)
 
 
 # ----------------------------------------------------------------------------- runner
@@ -436,10 +518,17 @@ def epoch_batches(x, y, batch_size: int, *, rng: np.random.Generator, non_iid: b
 
 
 def load_data(config: Config):
-    """The dataset of ``config`` (its first ``train_subset`` training examples)."""
+    """The dataset of ``config`` (its first ``train_subset`` training examples).
+
+    digits come as 8x8x1 images for the image models
+    (:data:`examples.models.IMAGE_MODELS`), flat 64-vectors otherwise.
+    """
     from examples.datasets import load_dataset
+    from examples.models import IMAGE_MODELS
 
     kwargs = {} if config.data_path is None else dict(path=config.data_path)
+    if config.dataset == "digits" and config.model in IMAGE_MODELS:
+        kwargs["as_images"] = True
     data = load_dataset(config.dataset, **kwargs)
     if config.train_subset is not None:
         n = min(len(data.x_train), config.train_subset)
@@ -455,6 +544,8 @@ def model_factory(config: Config, data) -> Callable[[int], Any]:
         int(np.prod(np.shape(data.y_train)[1:])) or 1)
     input_shape = tuple(np.shape(data.x_train)[1:])
     overrides = {} if config.hidden is None else dict(hidden_sizes=config.hidden)
+    if task_kind(config.model, data) == "vae":
+        num_classes = None   # a VAE reconstructs its input
 
     def make(seed):
         return create_model(config.model, num_classes=num_classes, input_shape=input_shape,
@@ -479,7 +570,7 @@ def _runners(config, data, make_model, first, measure=True):
     """``{name: Runner}`` of the base rows and the methods, compiled and warmed up
     (``measure=False``: no FLOPs count and no untimed first call, for the sweep)."""
     steps = int(first[0].shape[0])
-    task = model_task(make_model(0), data.task, steps=steps)
+    task = model_task(make_model(0), task_kind(config.model, data), steps=steps)
     rates = {"base": config.learning_rate,
              **{base_lr_name(f): config.learning_rate * f for f in config.base_lr_factors}}
     runners, info = {}, {}
@@ -512,12 +603,13 @@ def _train(config: Config, data, make_model, measure=True) -> dict[str, Any]:
     steps = int(first[0].shape[0])
     runners, info = _runners(config, data, make_model, first, measure)
     names, seeds = list(runners), list(range(config.seeds))
-    classification = data.task == "classification"
+    kind = task_kind(config.model, data)
+    classification = kind == "classification"
     runs = {name: [] for name in names}
     bar = _progress(config, total=len(seeds) * config.epochs * len(names), desc="train",
                     unit="epoch")
     for seed in seeds:
-        task = model_task(make_model(seed), data.task, steps=steps)
+        task = model_task(make_model(seed), kind, steps=steps, seed=seed)
         curves = {}
         for name, runner in runners.items():
             runner.reset(task.params, task.rest)
@@ -570,15 +662,18 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         config = config.replace(learning_rate=sweep["learning_rate"])
     results = _train(config, data, make_model)
     results["sweep"] = sweep
+    # ``task``: the kind trained (a VAE on digits is 'vae', labels unused), which
+    # decides the report's columns (accuracy for 'classification' only).
+    kind = task_kind(config.model, data)
     results.update(summary=report.summarize(results), config=config.to_dict(),
                    environment=report.environment(),
-                   dataset=dict(name=getattr(data, "name", config.dataset), task=data.task,
+                   dataset=dict(name=getattr(data, "name", config.dataset), task=kind,
                                 num_train=len(data.x_train), num_test=len(data.x_test)))
     results["plots"] = []
     if workdir is not None:
         os.makedirs(workdir, exist_ok=True)
         if config.plots:
-            results["plots"] = report.save_plots(results, workdir, task=data.task)
+            results["plots"] = report.save_plots(results, workdir, task=kind)
     results["total_wall_time"] = time.perf_counter() - t_start
     if workdir is not None:
         with open(os.path.join(workdir, "results.json"), "w") as f:

@@ -26,7 +26,11 @@ change of trajectory, as correcting each of them:
   already holds: the correction is added once per snapshot, and in the
   window's coordinates (``X^T b = X^T d - G a_prev``, the previous
   correction ``X a_prev`` being part of ``d``) it costs one pass over the
-  window at the snapshot and nothing in between;
+  window at the snapshot. The correction is kept in one parameter-sized
+  buffer (``state.pending``) and added by a select in the update's own fused
+  pass, so a step between snapshots reads one buffer more than the base
+  step (carrying the update through the snapshot gate instead would
+  materialise it at every step);
 * any other ``k``: the base updates are summed in one parameter-sized buffer.
 
 A loss-aware safety valve (:mod:`koopax.loss_tracking`): with
@@ -80,8 +84,11 @@ class KGAState(NamedTuple):
       applied: ``(num_leaves, h-1)`` float32 per-leaf coefficients of the
         last correction in slot order (``apply_every == snapshot_every``;
         zeros otherwise).
-      pending: base updates summed since the last correction (``1 <
-        apply_every != snapshot_every``; ``()`` otherwise).
+      pending: parameter-shaped; ``apply_every == snapshot_every``: the
+        correction of the newest increment (in ``snapshot_dtype``), added at
+        its snapshot step (zero when none is due); ``1 < apply_every !=
+        snapshot_every``: the base updates summed since the last correction;
+        ``()`` when ``apply_every == 1``.
       valve: :class:`koopax.loss_tracking.Valve` (``valve.scale`` multiplies
         ``alpha``; ``valve.num_backoffs``).
       operator_norm: float32 ``|A~ P_s|_2`` (sets the gain bound).
@@ -146,9 +153,18 @@ def _init(cfg: KGAConfig, params) -> KGAState:
         count=jnp.zeros((), jnp.int32),
         window=snapshots.init_ring(params, m, cfg.snapshot_dtype),
         applied=jnp.zeros((len(jax.tree.leaves(params)), m), jnp.float32),
-        pending=(jax.tree.map(jnp.zeros_like, params) if cfg.strategy == "sum" else ()),
+        pending=_pending(cfg, params),
         valve=loss_tracking.init_valve(),
         **acceleration.operator_fields(m, m - 1))
+
+
+def _pending(cfg: KGAConfig, params):
+    """The increment strategy's stored correction (in ``snapshot_dtype``) or the sum buffer."""
+    if cfg.strategy == "each":
+        return ()
+    if cfg.strategy == "increment" and cfg.snapshot_dtype is not None:
+        return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=cfg.snapshot_dtype), params)
+    return jax.tree.map(jnp.zeros_like, params)
 
 
 def _refresh(cfg: KGAConfig, state: KGAState, window, ok=True) -> KGAState:
@@ -174,13 +190,14 @@ def _count_skip(state, ok):
     return state._replace(num_nonfinite=state.num_nonfinite + (~ok).astype(jnp.int32))
 
 
-def _record_and_correct(cfg: KGAConfig, carry, params):
-    """``increment``: push, refresh, and add the correction of the newest increment.
+def _record_and_correct(cfg: KGAConfig, state: KGAState, params) -> KGAState:
+    """``increment``: push, refresh, and keep the newest increment's correction.
 
-    No nested gate (a nested loop would copy the window): the correction's
-    pass runs at every snapshot and is selected elementwise.
+    The correction ``X a`` is stored in ``state.pending`` (zero when none is
+    due) and added to the update outside the gate, so the gate carries the
+    state only. No nested gate (a nested loop would copy the window): the
+    correction's pass runs at every snapshot and is selected elementwise.
     """
-    state, updates = carry
     ok = tree_math.tree_all_finite(params)
     old = state.window
     window, rows = snapshots.ring_push_rows(old, params, ok)
@@ -194,10 +211,10 @@ def _record_and_correct(cfg: KGAConfig, carry, params):
                                            state.coefficients, scale, cfg.max_gain)
     corr = corr._replace(coefficients=jnp.where(active, corr.coefficients, 0.0),
                          rejected=active & corr.rejected, clipped=active & corr.clipped)
-    delta = tree_math.stacked_weighted_sum(window.slots, corr.coefficients, like=updates)
-    updates = jax.tree.map(lambda u, d: jnp.where(active, u + d, u), updates, delta)
-    state = acceleration.count_correction(state._replace(applied=corr.coefficients), corr)
-    return state, updates
+    delta = tree_math.stacked_weighted_sum(window.slots, corr.coefficients, like=state.pending)
+    delta = jax.tree.map(lambda d: jnp.where(active, d, jnp.zeros_like(d)), delta)
+    return acceleration.count_correction(
+        state._replace(applied=corr.coefficients, pending=delta), corr)
 
 
 def _update(cfg: KGAConfig, updates, state, params=None, value=None, **extra_args):
@@ -206,8 +223,12 @@ def _update(cfg: KGAConfig, updates, state, params=None, value=None, **extra_arg
     take = (state.count % cfg.snapshot_every) == 0
     state = acceleration.close_valve(state, take, value)
     if cfg.strategy == "increment":
-        state, corrected = maybe_record(take, functools.partial(_record_and_correct, cfg),
-                                        (state, updates), params)
+        # The gate carries the state only; one select adds the stored
+        # correction, so the base update stays fused with apply_updates
+        # (carrying it through the gate would materialise it every step).
+        state = maybe_record(take, functools.partial(_record_and_correct, cfg), state, params)
+        corrected = jax.tree.map(lambda u, d: jnp.where(take, u + d.astype(u.dtype), u),
+                                 updates, state.pending)
     else:   # the gate carries the state only: the updates' own fusion is not broken
         state = maybe_record(take, lambda st, p: _record(cfg, (st, None), p)[0], state, params)
         state, corrected = acceleration.correct_updates(
@@ -243,8 +264,8 @@ def kga(
         window is full, after ``(h - 1) * snapshot_every`` steps.
       apply_every: ``k``, steps whose base updates one correction covers (see
         the module docstring): ``1`` every update, ``snapshot_every`` (or
-        ``None``) the newest increment at each snapshot, at no cost between
-        snapshots.
+        ``None``) the newest increment at each snapshot (the state holds
+        ``h + 1`` parameter-sized buffers; a step between snapshots reads one).
       epsilon: half-width of the neutral band ``1 - eps <= |lambda| <= 1 + eps``.
       rank: DMD rank policy (:func:`koopax.linalg.rank_mask`): ``'svht'``
         (Gavish–Donoho: the one or two dominant slow modes; see the module

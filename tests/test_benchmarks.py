@@ -40,7 +40,8 @@ def overhead_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("overhead")
     # One parameter size for every quadratic section: the base and kga runners are shared.
     overhead.main(["--quick", "--no-plots", "--output-dir", str(out), "--max-params", "1e5",
-                   "--section-params", "1e5", "--snapshot-counts", "4", "--quantiles", "0.9"])
+                   "--section-params", "1e5", "--snapshot-counts", "4", "--quantiles", "0.9",
+                   "--methods", "kga,kga_norm,kga_delta"])
     return out, json.loads((out / "overhead.json").read_text())
 
 
@@ -58,7 +59,7 @@ def test_overhead_json_has_every_section(overhead_run):
     assert set(data["sections"]) == set(overhead.SECTIONS)
     models = data["sections"]["models"]["results"]
     assert [r["model"] for r in models] == ["mlp"]
-    assert set(models[0]["methods"]) == {"kga"}
+    assert set(models[0]["methods"]) == {"kga", "kga_norm", "kga_delta"}
     assert models[0]["num_params"] > 0
     assert len(data["sections"]["params"]["points"]) == 1
     assert [p["num_snapshots"] for p in data["sections"]["snapshots"]["points"]] == [4]
@@ -79,6 +80,39 @@ def test_overhead_kga_window_filled_during_warm_up(overhead_run):
     _, data = overhead_run
     diag = data["sections"]["models"]["results"][0]["methods"]["kga"]["diagnostics"]
     assert diag["num_refreshes"] >= 1 and diag["num_nonfinite"] == 0
+
+
+def test_overhead_models_norm_and_delta_masks_are_calibrated_and_compact(overhead_run):
+    _, data = overhead_run
+    (result,) = data["sections"]["models"]["results"]
+    thresholds = result["mask_thresholds"]
+    assert thresholds["norm"] > 0 and thresholds["delta"] > 0
+    n = result["num_params"]
+    for name in ("kga_norm", "kga_delta"):
+        diag = result["methods"][name]["diagnostics"]
+        assert diag["compact"] is True and diag["num_nonfinite"] == 0, name
+        assert 0.0 < diag["masked_fraction"] < 1.0, name
+        # Every mask gets the same static capacity (up to the per-leaf rounding to 128).
+        assert diag["num_kept"] <= n * overhead.MASK_CAPACITY + 128 * 4, name
+    # The norm threshold is the median |w| at init: about half the weights fall below it.
+    assert abs(result["methods"]["kga_norm"]["diagnostics"]["masked_fraction"] - 0.5) < 0.15
+
+
+def test_overhead_norm_and_delta_methods_need_thresholds():
+    for name in ("kga_norm", "kga_delta"):
+        with pytest.raises(ValueError, match="thresholds"):
+            overhead.make_method(name, 10, 6)
+        assert overhead.make_method(name, 10, 6, {"norm": 0.1, "delta": 1e-3}) is not None
+    # The delta window fits a small snapshot window.
+    assert overhead.make_method("kga_delta", 10, 3, {"delta": 1e-3}) is not None
+
+
+def test_step_stats_paired_spread_and_fastest_blocks():
+    stats = common.step_stats([2.0, 3.0, 9.0], [1.0, 2.0, 3.0])
+    assert stats["ratio"] == pytest.approx(1.5) and stats["ratio_best"] == pytest.approx(2.0)
+    assert (stats["ratio_paired_min"], stats["ratio_paired"], stats["ratio_paired_max"]) == \
+        pytest.approx((1.5, 2.0, 3.0))
+    assert stats["ms_per_step_best"] == pytest.approx(2000.0)
 
 
 def test_overhead_masked_fraction_matches_the_quantile(overhead_run):
@@ -146,12 +180,13 @@ def test_memory_kga_state_is_h_parameter_copies(memory_run):
     rows = _rows(data, "mlp")
     assert rows["kga_h6"]["param_bytes"] == param_bytes
     for h in (4, 6, 8):
-        # The newest snapshot plus h - 1 increments, then O(h^2) scalars of DMD state
-        # per leaf (6 leaves: the per-leaf Gram matrices and the last correction).
-        extra = rows[f"kga_h{h}"]["koopax_bytes"] - h * param_bytes
+        # The newest snapshot, h - 1 increments and the stored correction (the default
+        # apply_every), then O(h^2) scalars of DMD state per leaf (6 leaves: the
+        # per-leaf Gram matrices and the last correction).
+        extra = rows[f"kga_h{h}"]["koopax_bytes"] - (h + 1) * param_bytes
         assert 0 <= extra < 4 * (6 + 4) * h * h + 512, h
-    # bf16 increments, float32 reference snapshot: 4 + 5 * 2 bytes per parameter.
-    extra = rows["kga_h6_bf16"]["koopax_bytes"] - (4 + 5 * 2) * param_bytes // 4
+    # bf16 increments and correction, float32 reference snapshot: 4 + 6 * 2 bytes.
+    extra = rows["kga_h6_bf16"]["koopax_bytes"] - (4 + 6 * 2) * param_bytes // 4
     assert 0 <= extra < 4 * (6 + 4) * 36 + 512
     assert rows["adam"]["base_bytes"] == 2 * param_bytes + 4  # mu, nu and the count
     assert rows["kga_h6"]["goal_met"] is True

@@ -7,6 +7,7 @@ tests/test_contract.py."""
 import functools
 
 import jax
+import jax.extend as jex
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -274,6 +275,48 @@ def test_state_memory_multiples():
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)) / pbytes
 
     h = 8
-    assert ratio(num_snapshots=h) <= h + 0.01  # last snapshot + (h - 1) increments
-    assert ratio(num_snapshots=h, snapshot_dtype=jnp.bfloat16) <= 1 + (h - 1) / 2 + 0.01
+    # last snapshot + (h - 1) increments (+ the stored correction or the sum buffer)
+    assert ratio(num_snapshots=h, apply_every=1) <= h + 0.01
+    assert ratio(num_snapshots=h, apply_every=1, snapshot_dtype=jnp.bfloat16) \
+        <= 1 + (h - 1) / 2 + 0.01
+    assert ratio(num_snapshots=h) <= h + 1 + 0.01
+    assert ratio(num_snapshots=h, snapshot_dtype=jnp.bfloat16) <= 1 + h / 2 + 0.01
+    assert ratio(num_snapshots=h, apply_every=3) <= h + 1 + 0.01
     assert ratio(koopax.efficient_kga, num_snapshots=h, rank=3) <= 3 + 1 + 0.01
+
+
+def _sub_jaxprs(params):
+    for value in params.values():
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(item, jex.core.ClosedJaxpr):
+                yield item.jaxpr
+            elif isinstance(item, jex.core.Jaxpr):
+                yield item
+
+
+def _while_operands(jaxpr):
+    """Every variable that enters a ``while`` anywhere in ``jaxpr`` (sub-jaxprs included)."""
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "while":
+            found.update(v for v in eqn.invars if not isinstance(v, jex.core.Literal))
+        for sub in _sub_jaxprs(eqn.params):
+            found |= _while_operands(sub)
+    return found
+
+
+@pytest.mark.parametrize("apply_every", [None, 4])   # both: the newest increment
+def test_no_gate_carries_the_update(apply_every):
+    """With the default strategy the snapshot gate (a 0/1-trip loop) must not carry the
+    update: a loop operand is a materialised buffer, so the base update would no longer
+    fuse with apply_updates and every step would pay a parameter-sized write and read.
+    (``apply_every=1`` reads the update twice, for its products and its correction, and
+    the sum strategy accumulates it in a buffer: both materialise it anyway.)"""
+    params = {"w": jnp.ones((8, 4)), "b": jnp.ones(4)}
+    tx = koopax.kga(1.0, num_snapshots=4, snapshot_every=4, apply_every=apply_every)
+    state = tx.init(params)
+    closed = jax.make_jaxpr(lambda u, s, p: tx.update(u, s, p))(params, state, params)
+    num_update_leaves = len(jax.tree.leaves(params))
+    update_vars = set(closed.jaxpr.invars[:num_update_leaves])
+    assert _while_operands(closed.jaxpr), "expected a snapshot gate"
+    assert not (update_vars & _while_operands(closed.jaxpr))

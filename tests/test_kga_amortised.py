@@ -111,10 +111,8 @@ def test_increment_strategy_equals_the_summed_one(monkeypatch):
     make = lambda: optax.chain(optax.sgd(0.5), koopax.kga(1.0, num_snapshots=5,
                                                           snapshot_every=4, apply_every=4))
     p1, s1, _ = _train(make(), loss, params, 60)
-    assert s1[1].pending == ()
     monkeypatch.setattr(kga_window.KGAConfig, "strategy", property(lambda self: "sum"))
     p2, s2, _ = _train(make(), loss, params, 60)
-    assert s2[1].pending != ()
     assert int(s1[1].num_refreshes) == int(s2[1].num_refreshes) > 5
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)

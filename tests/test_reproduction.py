@@ -89,3 +89,92 @@ def test_a_failing_row_is_reported_and_the_others_run(tmp_path, monkeypatch):
 def test_unknown_row_is_a_usage_error():
     with pytest.raises(SystemExit):
         reproduction.main(["--rows", "no_such_row"])
+
+
+# ------------------------------------------------------------------- masked fraction (R3)
+def _harness_results(diagnostics_per_seed, num_epochs):
+    def run(diags):
+        return dict(seed=0, train_loss=[1.0] * num_epochs, diagnostics=diags)
+    return dict(runs={"base": [run([{}] * num_epochs) for _ in diagnostics_per_seed],
+                      "kga_kwm": [run(d) for d in diagnostics_per_seed]})
+
+
+def test_masked_table_gives_the_masked_and_accelerated_fraction_per_epoch():
+    # 100 weights, capacity for 40: before the decision (epochs 1-2) every weight is
+    # accelerated; then the criterion masks 20 (seed 0) or 30 (seed 1) and 40 fit.
+    def seed(masked):
+        before = dict(masked_fraction=0.0, num_kept=0, num_overflow=0)
+        after = dict(masked_fraction=masked, num_kept=40, num_overflow=60 - round(100 * masked))
+        return [before, before, after, after]
+    table = reproduction.masked_table(_harness_results([seed(0.2), seed(0.3)], 4),
+                                      epochs=(1, 3, 4, 30))
+    lines = table.splitlines()
+    assert "after epoch 30" not in table  # past the run
+    assert lines[-2] == ("| kga_kwm: masked | 0.00 [0.00, 0.00] | 0.25 [0.20, 0.30] "
+                         "| 0.25 [0.20, 0.30] |")
+    assert lines[-1] == ("| kga_kwm: accelerated | 1.00 [1.00, 1.00] | 0.40 [0.40, 0.40] "
+                         "| 0.40 [0.40, 0.40] |")
+    # A run shorter than every epoch asked for shows its last epoch.
+    short = reproduction.masked_table(_harness_results([seed(0.2)], 4), epochs=(5, 10))
+    assert "| after epoch 4 |" in short and "0.20 [0.20, 0.20]" in short
+    # A harness table (a PDT row) without masks gets no masked table.
+    assert reproduction.masked_table(_harness_results([[{"accepted_ratio": 0.3}] * 4], 4)) == ""
+
+
+def test_accelerated_fraction_matches_a_masked_kga_state():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import koopax
+    from examples import methods
+
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=1000), jnp.float32), "b": jnp.zeros(20)}
+    n = 1020
+    # The norm criterion keeps ~500 weights of w (none of b); a capacity of 0.3 gives w
+    # 384 slots, so ~116 overflow.
+    mask = koopax.masks.norm(float(np.median(np.abs(np.asarray(params["w"])))), capacity=0.3)
+    tx = optax.chain(optax.sgd(0.1), koopax.masked_kga(mask, snapshot_every=1,
+                                                       num_snapshots=3))
+    state = tx.init(params)
+    for _ in range(5):
+        grads = jax.tree.map(lambda w: 0.01 * w, params)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+    diag = methods.read_diagnostics(state)
+    assert diag["num_overflow"] > 0 and 0.0 < diag["masked_fraction"] < 1.0
+    assert reproduction.accelerated_fraction(diag) == pytest.approx(diag["num_kept"] / n,
+                                                                    rel=1e-6)
+    assert diag["num_kept"] / n < 1.0 - diag["masked_fraction"]
+
+
+# ------------------------------------------------------------------- mask runtimes (K7)
+def test_mask_runtime_row_runs_every_mask_and_stays_quick():
+    from benchmarks import overhead
+
+    row = reproduction.ROWS_BY_ID["kga_table1_mask_runtimes"]
+    assert row.argv[0] == "benchmarks.overhead" and not row.cheap
+    args = overhead.parse_args(list(row.argv[1:]))
+    assert args.models == ["alexnet", "fcn"] and args.sections == ["models"]
+    assert args.methods == ["kga", "kga_norm", "kga_delta", "kga_kwm"]
+    quick = overhead.parse_args(list(row.argv[1:]) + list(row.quick))
+    assert quick.models == ["mlp"] and quick.quick and quick.steps <= 3
+    assert quick.methods == args.methods
+
+
+def test_overhead_table_reads_the_models_section():
+    stats = dict(ms_per_step=2.0, ratio=1.25, ratio_best=1.1, ratio_paired=1.2,
+                 ratio_paired_min=1.0, ratio_paired_max=1.5,
+                 diagnostics=dict(masked_fraction=0.3, num_kept=50))
+    data = dict(environment=dict(platform="cpu", cpus_available=2, cpu_count=2),
+                sections=dict(models=dict(
+                    base="adam", batch=16, steps_per_block=100, num_snapshots=6,
+                    mask_capacity=0.5, config=dict(repeats=9),
+                    results=[dict(model="alexnet", num_params=100,
+                                  base=dict(ms_per_step=1.6),
+                                  methods=dict(kga_norm=stats),
+                                  mask_thresholds=dict(norm=0.05, delta=1e-3))])))
+    table = reproduction.overhead_table(data)
+    assert "| | kga_norm | 2.00 | 1.250 | 1.200 [1.000, 1.500] | 1.100 | 0.30 | 0.50 |" in table
+    assert "alexnet norm 0.05, delta 0.001" in table and "9 interleaved repeats" in table

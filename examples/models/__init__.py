@@ -6,6 +6,10 @@ name in a ``'tiny'`` configuration (a training step on CPU in well under a secon
 at batch 8, for tests and smoke runs) or the ``'full'`` configuration used in the
 papers.
 
+:class:`ConvVAE` is the one generative model: it reconstructs its input (no
+``num_classes``) and is trained on :func:`examples.models.vae.negative_elbo`
+(the harness's ``'vae'`` task kind, :func:`examples.train.model_task`).
+
 BatchNorm models (:class:`FCN`, :class:`ResNet`) keep running statistics in
 ``nnx.BatchStat`` variables, which a Koopman parameter jump does not move; call
 :func:`refresh_batch_stats` after an accepted jump (see
@@ -38,17 +42,21 @@ from examples.models.resnet import (
     ResNet18,
     ResNet50,
 )
+from examples.models.vae import ConvVAE
 from examples.models.vit import EncoderBlock, ViT
 
 __all__ = [
     "MODEL_NAMES",
     "SIZES",
+    "VAE_MODELS",
     "AlexNet",
     "BasicBlock",
     "BottleneckBlock",
     "CNN1D",
+    "ConvVAE",
     "EncoderBlock",
     "FCN",
+    "IMAGE_MODELS",
     "MLP",
     "ResNet",
     "ResNet18",
@@ -61,7 +69,11 @@ __all__ = [
 ]
 
 #: Names accepted by :func:`create_model`.
-MODEL_NAMES = ("mlp", "cnn1d", "fcn", "alexnet", "resnet50", "vit")
+MODEL_NAMES = ("mlp", "cnn1d", "fcn", "alexnet", "resnet50", "vit", "conv_vae")
+#: The names whose inputs are NHWC images (``input_shape`` ``(H, W, C)``).
+IMAGE_MODELS = ("fcn", "alexnet", "resnet50", "vit", "conv_vae")
+#: The generative names: they take no ``num_classes`` and train on the negative ELBO.
+VAE_MODELS = ("conv_vae",)
 #: Sizes accepted by :func:`create_model`.
 SIZES = ("tiny", "full")
 
@@ -110,7 +122,7 @@ def _vit_patch(size: str, height: int, width: int) -> int:
 def create_model(
     name: str,
     *,
-    num_classes: int,
+    num_classes: int | None = None,
     input_shape: Sequence[int],
     size: str = "tiny",
     seed: int = 0,
@@ -134,6 +146,7 @@ def create_model(
               patch: largest of 16/8/4/2/1 dividing  patch 16 for images of at
               the image with at least 4 patches      least 128 px, else 4
               per side
+    conv_vae  channels ``(4, 8)``, latent 4          channels ``(16, 32)``, latent 16
     ========  =====================================  ===============================
 
     The MLP flattens its input (``in_features = prod(input_shape)``); ``mlp`` is
@@ -142,11 +155,13 @@ def create_model(
     ``alexnet`` uses the ``'cifar'`` layout and ``resnet50`` the CIFAR stem
     (``small_inputs=True``); larger images get the ``'torchvision'`` AlexNet
     (57,044,810 parameters at 10 classes, the PDT setting with CIFAR-10 upsampled
-    to 128x128) and the ImageNet stem.
+    to 128x128) and the ImageNet stem. ``conv_vae`` (:class:`ConvVAE`, 34,689
+    parameters on 8x8x1 digits) reconstructs its input and takes no ``num_classes``.
 
     Args:
       name: One of :data:`MODEL_NAMES`.
-      num_classes: Number of outputs (logits, or regression targets for ``mlp``).
+      num_classes: Number of outputs (logits, or regression targets for ``mlp``);
+        required by every model but ``conv_vae``, which rejects it.
       input_shape: Shape of one example: ``(features...)`` for ``mlp``,
         ``(L,)`` or ``(L, C)`` for ``cnn1d``, ``(H, W, C)`` for the image models.
       size: ``'tiny'`` or ``'full'``.
@@ -159,14 +174,24 @@ def create_model(
       The initialised model (BatchNorm models in training mode).
 
     Raises:
-      ValueError: For an unknown ``name`` or ``size``, a non-positive
-        ``num_classes``, a malformed ``input_shape`` or a non-int ``seed``.
+      ValueError: For an unknown ``name`` or ``size``, a missing or non-positive
+        ``num_classes`` (one given to ``conv_vae``), a malformed ``input_shape``
+        or a non-int ``seed``.
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"`name` must be one of {MODEL_NAMES}, got {name!r}.")
     if size not in SIZES:
         raise ValueError(f"`size` must be one of {SIZES}, got {size!r}.")
-    check_positive_int(num_classes, "num_classes")
+    if name in VAE_MODELS:
+        if num_classes is not None:
+            raise ValueError(
+                f"`num_classes` does not apply to {name!r} (it reconstructs its input), "
+                f"got {num_classes!r}."
+            )
+    elif num_classes is None:
+        raise ValueError(f"`num_classes` is required for {name!r}.")
+    else:
+        check_positive_int(num_classes, "num_classes")
     shape = check_positive_int_sequence(input_shape, "input_shape")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"`seed` must be an int, got {seed!r}.")
@@ -192,6 +217,16 @@ def create_model(
         return CNN1D(shape[0], num_classes, rngs=rngs, **kwargs)
 
     height, width, channels = _image_shape(name, shape)
+    if name == "conv_vae":
+        kwargs = {
+            "channels": (4, 8) if tiny else (16, 32),
+            "latent_dim": 4 if tiny else 16,
+            "image_size": (height, width),
+            "in_channels": channels,
+        }
+        kwargs.update(overrides)
+        return ConvVAE(rngs=rngs, **kwargs)
+
     if name == "fcn":
         kwargs = {
             "widths": (4, 8, 8, 16, 16) if tiny else (64, 128, 256, 512, 512),
