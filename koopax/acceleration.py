@@ -290,13 +290,24 @@ def record_if_finite(record, carry, params):
     return state._replace(num_nonfinite=state.num_nonfinite + (~ok).astype(jnp.int32)), updates
 
 
-def close_valve(state, take, value):
-    """At a snapshot ends the valve's period; then folds this step's ``value`` in."""
+def close_valve(state, value):
+    """Ends the valve's period (at a snapshot, inside its gate); nothing without ``value``.
+
+    Inside the snapshot gate, not computed at every step and selected: the
+    period's statistics and rise test are dozens of scalar kernels, which
+    cost a tiny model more than its step.
+    """
     if value is None:
         return state
-    closed = loss_tracking.close_period(state.valve)
-    valve = jax.tree.map(lambda a, b: jnp.where(take, a, b), closed, state.valve)
-    return state._replace(valve=valve._replace(stats=loss_tracking.track(valve.stats, value)))
+    return state._replace(valve=loss_tracking.close_period(state.valve))
+
+
+def track_value(state, value):
+    """Folds this step's ``value`` into the valve's period (after the snapshot gate)."""
+    if value is None:
+        return state
+    return state._replace(valve=state.valve._replace(
+        stats=loss_tracking.track(state.valve.stats, value)))
 
 
 def usable_scale(state, alpha, max_gain, ready):

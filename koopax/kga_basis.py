@@ -206,10 +206,12 @@ def _update(cfg: _Config, updates, state, params=None, value=None, **extra_args)
     del extra_args
     acceleration.check_update_args(updates, params, state.last, value)
     take = (state.count % cfg.snapshot_every) == 0
-    state = acceleration.close_valve(state, take, value)
     record = functools.partial(_record, cfg)
+    close = functools.partial(acceleration.close_valve, value=value)
     state, corrected = maybe_record(
-        take, lambda c, p: acceleration.record_if_finite(record, c, p), (state, updates), params)
+        take, lambda c, p: acceleration.record_if_finite(record, (close(c[0]), c[1]), p),
+        (state, updates), params)
+    state = acceleration.track_value(state, value)
     state, corrected = acceleration.correct_updates(
         state, corrected, updates, _columns, state.num_snapshots > cfg.slots, cfg.apply_every,
         cfg.alpha, cfg.max_gain)

@@ -359,10 +359,12 @@ def _update(cfg, updates, state, params=None, value=None, **extra_args):
     acceleration.check_update_args(updates, params, state.window.last, value)
     sizes, caps = _statics(cfg, params)
     take = (state.count % cfg.snapshot_every) == 0
-    state = acceleration.close_valve(state, take, value)
+    close = functools.partial(acceleration.close_valve, value=value)
     state, updates = maybe_record(
         take, lambda c, p: acceleration.record_if_finite(
-            lambda cc, pp: _record(cfg, cc, pp, sizes, caps), c, p), (state, updates), params)
+            lambda cc, pp: _record(cfg, cc, pp, sizes, caps), (close(c[0]), c[1]), p),
+        (state, updates), params)
+    state = acceleration.track_value(state, value)
     if cfg.increment:
         return updates, state._replace(count=optax.safe_increment(state.count))
     state, updates = acceleration.correct_target(

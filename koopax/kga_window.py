@@ -221,16 +221,20 @@ def _update(cfg: KGAConfig, updates, state, params=None, value=None, **extra_arg
     del extra_args
     acceleration.check_update_args(updates, params, state.window.last, value)
     take = (state.count % cfg.snapshot_every) == 0
-    state = acceleration.close_valve(state, take, value)
+    close = functools.partial(acceleration.close_valve, value=value)
     if cfg.strategy == "increment":
         # The gate carries the state only; one select adds the stored
         # correction, so the base update stays fused with apply_updates
         # (carrying it through the gate would materialise it every step).
-        state = maybe_record(take, functools.partial(_record_and_correct, cfg), state, params)
+        state = maybe_record(take, lambda st, p: _record_and_correct(cfg, close(st), p),
+                             state, params)
         corrected = jax.tree.map(lambda u, d: jnp.where(take, u + d.astype(u.dtype), u),
                                  updates, state.pending)
+        state = acceleration.track_value(state, value)
     else:   # the gate carries the state only: the updates' own fusion is not broken
-        state = maybe_record(take, lambda st, p: _record(cfg, (st, None), p)[0], state, params)
+        state = maybe_record(take, lambda st, p: _record(cfg, (close(st), None), p)[0],
+                             state, params)
+        state = acceleration.track_value(state, value)
         state, corrected = acceleration.correct_updates(
             state, updates, updates, _columns, snapshots.ring_is_full(state.window),
             cfg.apply_every, cfg.alpha, cfg.max_gain)

@@ -320,3 +320,17 @@ def test_no_gate_carries_the_update(apply_every):
     update_vars = set(closed.jaxpr.invars[:num_update_leaves])
     assert _while_operands(closed.jaxpr), "expected a snapshot gate"
     assert not (update_vars & _while_operands(closed.jaxpr))
+
+
+def test_the_valve_closes_its_period_inside_the_snapshot_gate():
+    """The valve's period statistics and rise test (a square root among them) run in the
+    snapshot gate only: computed at every step and selected, they were dozens of scalar
+    kernels per step, more than a small model's step costs."""
+    params = {"w": jnp.ones((8, 4))}
+    for factory in (koopax.kga, koopax.efficient_kga):
+        tx = factory(1.0, num_snapshots=4, snapshot_every=4)
+        state = tx.init(params)
+        closed = jax.make_jaxpr(lambda u, s, p, v: tx.update(u, s, p, value=v))(
+            params, state, params, jnp.float32(1.0))
+        top = {eqn.primitive.name for eqn in closed.jaxpr.eqns}
+        assert "while" in top and "sqrt" not in top, (factory.__name__, sorted(top))
