@@ -162,9 +162,8 @@ def _pending(cfg: KGAConfig, params):
     """The increment strategy's stored correction (in ``snapshot_dtype``) or the sum buffer."""
     if cfg.strategy == "each":
         return ()
-    if cfg.strategy == "increment" and cfg.snapshot_dtype is not None:
-        return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=cfg.snapshot_dtype), params)
-    return jax.tree.map(jnp.zeros_like, params)
+    dtype = cfg.snapshot_dtype if cfg.strategy == "increment" else None
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype), params)
 
 
 def _refresh(cfg: KGAConfig, state: KGAState, window, ok=True) -> KGAState:
@@ -230,14 +229,13 @@ def _update(cfg: KGAConfig, updates, state, params=None, value=None, **extra_arg
                              state, params)
         corrected = jax.tree.map(lambda u, d: jnp.where(take, u + d.astype(u.dtype), u),
                                  updates, state.pending)
-        state = acceleration.track_value(state, value)
     else:   # the gate carries the state only: the updates' own fusion is not broken
         state = maybe_record(take, lambda st, p: _record(cfg, (close(st), None), p)[0],
                              state, params)
-        state = acceleration.track_value(state, value)
         state, corrected = acceleration.correct_updates(
             state, updates, updates, _columns, snapshots.ring_is_full(state.window),
             cfg.apply_every, cfg.alpha, cfg.max_gain)
+    state = acceleration.track_value(state, value)
     return corrected, state._replace(count=optax.safe_increment(state.count))
 
 
