@@ -244,6 +244,11 @@ def accelerated_fraction(diagnostics: dict) -> float | None:
     return (1.0 - frac) * kept / (kept + over)
 
 
+def _records(results: dict, name: str, key: str) -> bool:
+    """Whether method ``name`` recorded the per-epoch diagnostic ``key`` in any run."""
+    return any(key in d for r in results["runs"][name] for d in r["diagnostics"])
+
+
 def fraction_table(results: dict, key: str, epochs, *, rows=None) -> str:
     """Median [min, max] over seeds of the per-epoch diagnostic ``key`` after ``epochs``
     (1-based; those past the run are left out), one line per row that records it.
@@ -251,8 +256,7 @@ def fraction_table(results: dict, key: str, epochs, *, rows=None) -> str:
     ``rows``: ``{label: (name, value_fn)}`` instead, ``value_fn(diagnostics)`` the value.
     """
     if rows is None:
-        rows = {n: (n, lambda d: d.get(key)) for n in results["runs"]
-                if any(key in d for r in results["runs"][n] for d in r["diagnostics"])}
+        rows = {n: (n, lambda d: d.get(key)) for n in results["runs"] if _records(results, n, key)}
     if not rows:
         return ""
     first = next(iter(rows.values()))[0]
@@ -278,12 +282,10 @@ def accepted_table(results: dict, epochs=(6, 8, 10, 15, 20, 25, 30)) -> str:
 def masked_table(results: dict, epochs=(5, 6, 7, 8, 10, 15, 20, 25, 30)) -> str:
     """A KGA mask's masked fraction over training (REPRODUCTION.md R3): median [min, max]
     over seeds of the fraction of the weights the mask excluded, after the given epochs."""
-    names = [n for n in results["runs"] if any("masked_fraction" in d for r in results["runs"][n]
-                                                for d in r["diagnostics"])]
     rows = {}
-    for n in names:
+    for n in (n for n in results["runs"] if _records(results, n, "masked_fraction")):
         rows[f"{n}: masked"] = (n, lambda d: d.get("masked_fraction"))
-        if any("num_kept" in d for r in results["runs"][n] for d in r["diagnostics"]):
+        if _records(results, n, "num_kept"):
             rows[f"{n}: accelerated"] = (n, accelerated_fraction)
     table = fraction_table(results, "masked_fraction", epochs, rows=rows)
     return table and (

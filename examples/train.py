@@ -260,10 +260,7 @@ def model_task(model, kind: str, *, steps: int | None, name: str = "model", data
         raise ValueError(f"seed must be an int; got {seed!r}.")
     if kind == "vae":
         return _vae_task(model, steps=steps, name=name, data=data, seed=int(seed))
-    model.eval()
-    eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
-    model.train()
-    graph, params, rest = nnx.split(model, nnx.Param, ...)
+    eval_graph, graph, params, rest = _split_modes(model)
 
     def loss_fn(p, r, x, y):
         m = nnx.merge(graph, p, r)
@@ -271,19 +268,35 @@ def model_task(model, kind: str, *, steps: int | None, name: str = "model", data
         _, _, new_rest = nnx.split(m, nnx.Param, ...)
         return loss, (metric, nnx.as_pure(new_rest))
 
-    def grad_fn(p, r, consts, batch):
-        del consts
-        (loss, (metric, r)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, r, *batch)
-        return loss, grads, r, metric
-
     def eval_fn(p, r, consts, x, y):
         del consts
         loss, metric = _loss_and_metric(nnx.merge(eval_graph, p, r)(x), y, kind)
         n = y.shape[0]
         return loss * n, metric * n
 
-    return Task(name, nnx.as_pure(params), nnx.as_pure(rest), (), data, steps, grad_fn,
-                eval_fn, loss_fn)
+    return Task(name, nnx.as_pure(params), nnx.as_pure(rest), (), data, steps,
+                _grad_fn(loss_fn), eval_fn, loss_fn)
+
+
+def _split_modes(model):
+    """``(eval_graph, graph, params, rest)`` of ``model``: its eval-mode graph, then its
+    train-mode split (``model`` is left in train mode)."""
+    from flax import nnx
+
+    model.eval()
+    eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
+    model.train()
+    return (eval_graph, *nnx.split(model, nnx.Param, ...))
+
+
+def _grad_fn(loss_fn):
+    """A :class:`Task` ``grad_fn`` from ``loss_fn(p, r, x, y) -> (loss, (metric, rest))``."""
+    def grad_fn(p, r, consts, batch):
+        del consts
+        (loss, (metric, r)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, r, *batch)
+        return loss, grads, r, metric
+
+    return grad_fn
 
 
 def _vae_task(model, *, steps, name, data, seed) -> Task:
@@ -292,10 +305,7 @@ def _vae_task(model, *, steps, name, data, seed) -> Task:
 
     from examples.models.vae import negative_elbo
 
-    model.eval()
-    eval_graph, _, _ = nnx.split(model, nnx.Param, ...)
-    model.train()
-    graph, params, model_rest = nnx.split(model, nnx.Param, ...)
+    eval_graph, graph, params, model_rest = _split_modes(model)
     train_key, eval_key = _noise_keys(seed)
     rest = dict(model=nnx.as_pure(model_rest), key=train_key, eval_key=eval_key)
 
@@ -308,11 +318,6 @@ def _vae_task(model, *, steps, name, data, seed) -> Task:
         _, _, new_rest = nnx.split(m, nnx.Param, ...)
         return terms.loss, (terms.kl, dict(r, model=nnx.as_pure(new_rest), key=key))
 
-    def grad_fn(p, r, consts, batch):
-        del consts
-        (loss, (metric, r)), grads = jax.value_and_grad(loss_fn, has_aux=True)(p, r, *batch)
-        return loss, grads, r, metric
-
     def eval_fn(p, r, consts, x, y):
         del consts, y
         m = nnx.merge(eval_graph, p, r["model"])
@@ -321,7 +326,8 @@ def _vae_task(model, *, steps, name, data, seed) -> Task:
         n = x.shape[0]
         return terms.loss * n, terms.kl * n
 
-    return Task(name, nnx.as_pure(params), rest, (), data, steps, grad_fn, eval_fn, loss_fn)
+    return Task(name, nnx.as_pure(params), rest, (), data, steps, _grad_fn(loss_fn), eval_fn,
+                loss_fn)
 
 
 # ----------------------------------------------------------------------------- runner
