@@ -1,61 +1,60 @@
 """koopax: Koopman-operator (DMD) guided training acceleration for Optax.
 
-The public namespace is flat; the modules behind it hold one concept each:
-
-* Transformations: :func:`kga` (Koopman-based Gradient Acceleration over the
-  increment window), :func:`efficient_kga` (over a streaming basis),
-  :func:`masked_kga` (on the weights a :mod:`koopax.masks` mask keeps),
-  :func:`pdt` (Predictive Differential Training), :func:`dmd_prediction`
-  (unmasked DMD jump baselines).
-* DMD core: :func:`exact_dmd`, :class:`DMD`, :func:`reconstruct`,
-  :func:`predict`, :func:`classify_eigenvalues`.
-* Building blocks: :mod:`koopax.snapshots` (the one window),
-  :mod:`koopax.acceleration` (KGA's operator and bound),
-  :mod:`koopax.prediction` (DMD prediction coefficients),
-  :mod:`koopax.loss_tracking`, :mod:`koopax.linalg`, :mod:`koopax.tree_math`.
+Transformations (each goes last in an ``optax.chain`` and needs ``params``):
+:func:`kga`, :func:`efficient_kga`, :func:`masked_kga` (on a
+:mod:`koopax.masks` mask), :func:`pdt` and the unmasked prediction baselines
+:func:`dmd_prediction`. Their states, :func:`diagnostics` to read them, and
+the DMD core (:mod:`koopax.dmd`; :func:`exact_dmd` and friends here too).
+The papers' analyses are :mod:`koopax.analysis`. Everything under
+``koopax._src`` is private.
 """
 
-from koopax import acceleration, linalg, loss_tracking, masks, prediction, snapshots, tree_math
-from koopax.baselines import dmd_prediction
-from koopax.dmd import (
-    DMD,
-    EigenvalueClasses,
-    classify_eigenvalues,
-    exact_dmd,
-    predict,
-    reconstruct,
-)
-from koopax.kga_basis import EfficientKGAState, efficient_kga
-from koopax.kga_masked import MaskedKGAState, masked_kga, masked_kga_kept
-from koopax.kga_window import KGAState, kga
-from koopax.predictive_training import PDTState, pdt
-from koopax.snapshots import RingWindow
+from koopax import analysis, dmd, masks
+from koopax._src.baselines import dmd_prediction
+from koopax._src.diagnostics import diagnostics, find_states, state_diagnostics
+from koopax._src.dmd import DMD, EigenvalueClasses, classify_eigenvalues, exact_dmd, predict, reconstruct
+from koopax._src.kga.basis import BasisColumns, efficient_kga
+from koopax._src.kga.engine import KGAState
+from koopax._src.kga.masked import MaskedColumns, masked_kga, masked_kga_kept
+from koopax._src.kga.operator import OperatorState
+from koopax._src.kga.window import kga
+from koopax._src.loss_tracking import LossStats, Valve
+from koopax._src.pdt.engine import PDTState, PDTStats
+from koopax._src.pdt.engine import ScheduleState as PDTSchedule
+from koopax._src.pdt.factory import pdt
+from koopax._src.pdt.rollback import RollbackState
+from koopax._src.snapshots import RingWindow
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
+    "BasisColumns",
     "DMD",
-    "EfficientKGAState",
     "EigenvalueClasses",
     "KGAState",
-    "MaskedKGAState",
+    "LossStats",
+    "MaskedColumns",
+    "OperatorState",
+    "PDTSchedule",
     "PDTState",
+    "PDTStats",
     "RingWindow",
-    "acceleration",
+    "RollbackState",
+    "Valve",
+    "analysis",
     "classify_eigenvalues",
+    "diagnostics",
+    "dmd",
     "dmd_prediction",
     "efficient_kga",
     "exact_dmd",
+    "find_states",
     "kga",
-    "linalg",
-    "loss_tracking",
     "masked_kga",
     "masked_kga_kept",
     "masks",
     "pdt",
     "predict",
-    "prediction",
     "reconstruct",
-    "snapshots",
-    "tree_math",
+    "state_diagnostics",
 ]

@@ -53,7 +53,7 @@ def optimizers():
     }
 
 
-# Diagnostics compared with the one-process run, by state field name.
+# Diagnostics compared with the one-process run (koopax.diagnostics names).
 DIAGNOSTICS = {
     "kga": ("num_refreshes", "num_nonfinite", "rank", "eigenvalues"),
     "pdt": ("num_predictions", "num_jumps", "num_rollbacks", "num_nonfinite", "eigenvalues"),
@@ -98,9 +98,10 @@ def train(tx, params, x, y, num_steps=NUM_STEPS, on_init=None, on_step=None):
 
 
 def diagnostics(name, state):
-    import optax
+    import koopax
 
-    return {key: optax.tree_utils.tree_get(state, key) for key in DIAGNOSTICS[name]}
+    found = koopax.diagnostics(state)
+    return {key: found[key] for key in DIAGNOSTICS[name]}
 
 
 def _partitioned_leaves(state, param_shape):

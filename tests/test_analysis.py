@@ -7,7 +7,10 @@ import optax
 import pytest
 
 import koopax
-from koopax import analysis, masks
+from koopax import analysis
+
+from examples import landscape
+from koopax._src import masks
 
 from helpers import linear_trajectory, max_eigenvalue_mismatch
 
@@ -106,13 +109,13 @@ def test_recorded_eigenvalues_reads_kga_state_in_a_chain():
     tx = optax.chain(optax.sgd(0.1), koopax.kga(num_snapshots=5))
     base, kga_state = tx.init(params)
     values = jnp.array([1.0, 0.5j, 0.25], jnp.complex64)
-    states = [(base, kga_state._replace(eigenvalues=values, rank=jnp.asarray(r, jnp.int32)))
-              for r in (1, 3)]
-    hist = analysis.recorded_eigenvalues(states)
+    states = [(base, kga_state._replace(operator=kga_state.operator._replace(
+        eigenvalues=values[None], rank=jnp.asarray([r], jnp.int32)))) for r in (1, 3)]
+    hist = analysis.recorded_eigenvalues(states)   # (epochs, blocks, h - 2)
     np.testing.assert_array_equal(np.asarray(hist.eigenvalues),
-                                  [[1.0, 0, 0], [1.0, 0.5j, 0.25]])
-    np.testing.assert_array_equal(np.asarray(hist.classes.neutral), [[1, 0, 0], [1, 0, 0]])
-    np.testing.assert_array_equal(np.asarray(hist.classes.stable), [[0, 0, 0], [0, 1, 1]])
+                                  [[[1.0, 0, 0]], [[1.0, 0.5j, 0.25]]])
+    np.testing.assert_array_equal(np.asarray(hist.classes.neutral), [[[1, 0, 0]], [[1, 0, 0]]])
+    np.testing.assert_array_equal(np.asarray(hist.classes.stable), [[[0, 0, 0]], [[0, 1, 1]]])
     with pytest.raises(ValueError, match=r"states\[0\]"):
         analysis.recorded_eigenvalues([base])
 
@@ -125,7 +128,7 @@ def test_recorded_eigenvalues_reads_kga_state_in_a_chain():
 def test_pca_plane_matches_numpy_svd():
     rng = np.random.default_rng(3)
     walks = [np.cumsum(rng.normal(size=(n, 16)) * [3.0] + [0.5] * 16, axis=0) for n in (6, 4)]
-    plane = analysis.pca_plane(*(_to_tree(x) for x in walks))
+    plane = landscape.pca_plane(*(_to_tree(x) for x in walks))
     every = np.concatenate([_flat(_to_tree(x)) for x in walks])
     centred = every - every.mean(0)
     p, s, vt = np.linalg.svd(centred, full_matrices=False)
@@ -148,7 +151,7 @@ def test_pca_plane_of_a_planar_trajectory_explains_everything():
     # Uncorrelated coordinates (odd and even about the middle): the principal axes are q.
     a, b = 2.0 * (t - t.mean()), 0.1 * ((t - t.mean()) ** 2 - np.mean((t - t.mean()) ** 2))
     w = 1.0 + np.outer(a, q[:, 0]) + np.outer(b, q[:, 1])
-    plane = analysis.pca_plane(_to_tree(w))
+    plane = landscape.pca_plane(_to_tree(w))
     np.testing.assert_allclose(float(jnp.sum(plane.explained)), 1.0, atol=1e-5)
     coords = np.asarray(plane.coordinates[0])
     np.testing.assert_allclose(np.abs(coords), np.abs(np.stack([a, b], 1)), atol=1e-4)
@@ -157,11 +160,11 @@ def test_pca_plane_of_a_planar_trajectory_explains_everything():
 
 def test_pca_plane_rejects():
     with pytest.raises(TypeError, match="trajectories"):
-        analysis.pca_plane()
+        landscape.pca_plane()
     with pytest.raises(ValueError, match="num_components"):
-        analysis.pca_plane(np.zeros((2, 3), np.float32), num_components=2)
+        landscape.pca_plane(np.zeros((2, 3), np.float32), num_components=2)
     with pytest.raises(ValueError, match="trajectories"):
-        analysis.pca_plane(np.zeros((3, 3), np.float32), np.zeros((3, 4), np.float32))
+        landscape.pca_plane(np.zeros((3, 3), np.float32), np.zeros((3, 4), np.float32))
 
 
 def test_loss_landscape_of_a_quadratic():
@@ -176,7 +179,7 @@ def test_loss_landscape_of_a_quadratic():
     rows = rng.normal(size=(3, 16))
     center, u, v = (jax.tree.map(lambda x: x[i], _to_tree(rows)) for i in range(3))
     xs, ys = np.linspace(-1, 1, 5), np.linspace(-2, 2, 3)
-    grid = np.asarray(analysis.loss_landscape(loss, center, (u, v), xs, ys))
+    grid = np.asarray(landscape.loss_landscape(loss, center, (u, v), xs, ys))
     assert grid.shape == (3, 5)
     c, uu, vv = (_flat(_to_tree(rows[i:i + 1]))[0] for i in range(3))
     for i, b in enumerate(ys):
@@ -199,7 +202,7 @@ def test_loss_landscape_rejects(kwargs, error, match):
                 directions=({"w": jnp.ones(2)}, {"w": jnp.ones(2)}), xs=[0.0], ys=[0.0, 1.0])
     args.update(kwargs)
     with pytest.raises(error, match=match):
-        analysis.loss_landscape(**args)
+        landscape.loss_landscape(**args)
 
 
 # --------------------------------------------------------------------------
@@ -391,8 +394,8 @@ def test_accepted_fractions_from_pdt_states():
     tx = optax.chain(optax.sgd(0.1), koopax.pdt(snapshot_every=2))
     base, state = tx.init(params)
     recorded = [(0.0, 0), (0.5, 1), (0.5, 1), (0.25, 2), (0.75, 3)]
-    states = [(base, state._replace(accepted_ratio=jnp.float32(a),
-                                    num_predictions=jnp.int32(n))) for a, n in recorded]
+    states = [(base, state._replace(stats=state.stats._replace(
+        accepted_ratio=jnp.float32(a), num_predictions=jnp.int32(n)))) for a, n in recorded]
     acc = analysis.accepted_fractions(states)
     np.testing.assert_array_equal(np.asarray(acc.predicted), [0, 1, 0, 1, 1])
     np.testing.assert_allclose(np.asarray(acc.ratio), [np.nan, 0.5, np.nan, 0.25, 0.75])

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 import koopax
-from koopax import tree_math
+from koopax._src import tree_math
 
 from helpers import assert_trees_equal
 
@@ -82,7 +82,7 @@ def test_kga_reaches_lower_loss_than_sgd_on_a_quadratic(variant):
     _, state, got, _ = train(tx, loss, params, 400)
     assert got[-1] < 0.85 * base[-1]   # the per-leaf bound costs the fixed basis a little
     assert got[200] < base[200]
-    assert int(state[1].num_stable) >= 1
+    assert int(state[1].operator.num_stable.sum()) >= 1
     # The window's whole signal (rank=None, PDT's default): still faster.
     tx = optax.chain(optax.sgd(0.5), variant(1.0, num_snapshots=6, snapshot_every=10,
                                                 rank=None))
@@ -129,8 +129,8 @@ def test_update_matches_the_paper_equations_and_scales_stable_modes():
     zero = jnp.zeros(n)
     for w in snaps:
         _, state = update(zero, state, jnp.asarray(w, jnp.float32))
-    assert int(state.num_stable) == 2 and int(state.rank) == 3
-    got_lam = np.sort(np.asarray(state.eigenvalues)[:3].real)
+    assert int(state.operator.num_stable[0]) == 2 and int(state.operator.rank[0]) == 3
+    got_lam = np.sort(np.asarray(state.operator.eigenvalues[0])[:3].real)
     np.testing.assert_allclose(got_lam, np.sort(lam), atol=1e-3)
     u = rng.normal(size=n)
     # The next call records no snapshot (count % 1 == 0 records: feed the same
@@ -185,15 +185,15 @@ def test_gain_is_bounded_whatever_alpha(variant):
         worst = max(worst, float(jnp.max(ratios)))
     assert worst <= 3.0 * (1 + 1e-4)
     assert worst > 1.5  # the bound is actually reached: acceleration is on
-    assert int(state[1].num_stable) >= 1
+    assert int(state[1].operator.num_stable.sum()) >= 1
 
 
 def test_bf16_snapshot_storage():
     loss, params = quadratic_problem()
     tx = koopax.kga(1.0, num_snapshots=6, snapshot_every=10, snapshot_dtype=jnp.bfloat16)
     state = tx.init(params)
-    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.window.slots))
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.window.last))
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.columns.slots))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.columns.last))
     _, _, base, _ = train(optax.sgd(0.5), loss, params, 300)
     _, st, got, _ = train(optax.chain(optax.sgd(0.5), tx), loss, params, 300)
     assert got[-1] < 0.9 * base[-1]
@@ -216,11 +216,12 @@ def test_non_finite_acceleration_falls_back_to_the_base_update():
                                                 apply_every=1))
     _, state, _, _ = train(tx, loss, params, 40)
     kstate = state[1]._replace(count=jnp.int32(1))
-    assert int(kstate.num_stable) >= 1
+    assert int(kstate.operator.num_stable.sum()) >= 1
     # A corrupted operator (as a bad DMD would give) makes the finite update
     # overflow once amplified: the base update must come back unchanged.
     huge = jax.tree.map(lambda x: jnp.full(x.shape, 3e30, x.dtype), params)
-    kstate = kstate._replace(coefficients=kstate.coefficients * 1e30)
+    kstate = kstate._replace(operator=kstate.operator._replace(
+        coefficients=kstate.operator.coefficients * 1e30))
     tx_k = koopax.kga(5.0, num_snapshots=4, snapshot_every=5, apply_every=1)
     out, new = jax.jit(tx_k.update)(huge, kstate, params)
     assert_trees_equal(out, huge)
@@ -230,7 +231,7 @@ def test_non_finite_acceleration_falls_back_to_the_base_update():
     st0 = state[1]._replace(count=jnp.int32(0))
     _, new = tx_k.update(jax.tree.map(jnp.zeros_like, params), st0, bad)
     assert int(new.num_nonfinite) == int(st0.num_nonfinite) + 1
-    assert_trees_equal(new.window, st0.window)
+    assert_trees_equal(new.columns, st0.columns)
 
 
 def test_state_diagnostics_are_readable_with_tree_get():
@@ -238,8 +239,10 @@ def test_state_diagnostics_are_readable_with_tree_get():
     tx = optax.chain(optax.sgd(0.5), koopax.kga(1.0, num_snapshots=5, snapshot_every=5))
     _, state, _, _ = train(tx, loss, params, 40)
     assert optax.tree_utils.tree_get(state, "num_refreshes") > 0
-    assert optax.tree_utils.tree_get(state, "eigenvalues").shape == (3,)
-    assert int(optax.tree_utils.tree_get(state, "num_stable")) == int(state[1].num_stable) >= 1
+    assert optax.tree_utils.tree_get(state, "eigenvalues").shape == (1, 3)
+    assert int(optax.tree_utils.tree_get(state, "num_stable")[0]) == int(
+        state[1].operator.num_stable[0]) >= 1
+    assert int(koopax.diagnostics(state)["num_stable"][0]) >= 1
 
 
 BAD_ARGS = [

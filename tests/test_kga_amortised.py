@@ -1,6 +1,7 @@
 """KGA's corrections: per-leaf bound, amortisation (apply_every), the loss valve,
 and Efficient-KGA against a NumPy reference."""
 
+import dataclasses
 import functools
 
 import jax
@@ -10,7 +11,9 @@ import optax
 import pytest
 
 import koopax
-from koopax import acceleration, kga_window, tree_math
+from koopax._src import tree_math
+from koopax._src.blocks import Blocks
+from koopax._src.kga import engine as kga_engine, operator as acceleration
 
 from test_kga import linear_increment_snapshots, numpy_kga_reference, quadratic_problem
 
@@ -74,17 +77,35 @@ def test_bounded_correction_against_numpy():
     cols = rng.normal(size=(3, 4, 5))
     grams = np.einsum("lic,ljc->lij", cols, cols).astype(np.float32)
     k = rng.normal(size=(4, 4)).astype(np.float32)
-    corr = acceleration.bounded_correction(products, base_sq, grams, k, 0.5, 3.0)
+    one = Blocks((0, 0, 0), (15,))
+    corr = acceleration.bounded_correction(products, base_sq, grams, k[None],
+                                           jnp.array([0.5]), 3.0, one)
     a = 0.5 * k @ products.sum(0)
     norms = np.sqrt(np.einsum("i,lij,j->l", a, grams, a))
     factor = np.minimum(1.0, 2.0 * np.sqrt(base_sq) / norms)
     np.testing.assert_allclose(corr.coefficients, factor[:, None] * a[None], rtol=1e-5)
     assert bool(corr.clipped) == bool((factor < 1).any())
-    bad = acceleration.bounded_correction(products, base_sq.at[0].set(np.nan)
-                                          if hasattr(base_sq, "at") else
-                                          np.array([np.nan, 1, 4], np.float32),
-                                          grams, k, 0.5, 3.0)
+    bad = acceleration.bounded_correction(products, np.array([np.nan, 1, 4], np.float32),
+                                          grams, k[None], jnp.array([0.5]), 3.0, one)
     assert bool(bad.rejected) and not np.asarray(bad.coefficients).any()
+
+
+def test_block_correction_against_numpy():
+    """Two blocks (leaves 0, 2 and leaf 1): each projects its own leaves' products
+    and applies its own K_b and scale s_b; the per-leaf bound is unchanged."""
+    rng = np.random.default_rng(1)
+    products = rng.normal(size=(3, 4)).astype(np.float32)
+    base_sq = np.array([9.0, 9.0, 9.0], np.float32)
+    cols = rng.normal(size=(3, 4, 5)) * 0.1
+    grams = np.einsum("lic,ljc->lij", cols, cols).astype(np.float32)
+    k = rng.normal(size=(2, 4, 4)).astype(np.float32)
+    scale = np.array([0.5, 2.0], np.float32)
+    blocks = Blocks((0, 1, 0), (10, 5))
+    corr = acceleration.bounded_correction(products, base_sq, grams, k, scale, 3.0, blocks)
+    a0 = 0.5 * k[0] @ (products[0] + products[2])
+    a1 = 2.0 * k[1] @ products[1]
+    np.testing.assert_allclose(corr.coefficients, np.stack([a0, a1, a0]), rtol=1e-5)
+    assert not bool(corr.clipped)
 
 
 def _train(tx, loss, params, steps, value=False):
@@ -103,16 +124,20 @@ def _train(tx, loss, params, steps, value=False):
     return params, state, history
 
 
-def test_increment_strategy_equals_the_summed_one(monkeypatch):
+def _with_strategy(tx, strategy):
+    """``tx`` (a KGA transformation) with its correction strategy replaced."""
+    cfg, columns = tx.init.args
+    return kga_engine.transformation(dataclasses.replace(cfg, strategy=strategy), columns)
+
+
+def test_increment_strategy_equals_the_summed_one():
     """apply_every == snapshot_every corrects the newest increment in the window's
     coordinates (X^T d - G a_prev): the same as summing the base updates of the
     period in a buffer, which the "sum" strategy does explicitly."""
     loss, params = quadratic_problem()
-    make = lambda: optax.chain(optax.sgd(0.5), koopax.kga(1.0, num_snapshots=5,
-                                                          snapshot_every=4, apply_every=4))
-    p1, s1, _ = _train(make(), loss, params, 60)
-    monkeypatch.setattr(kga_window.KGAConfig, "strategy", property(lambda self: "sum"))
-    p2, s2, _ = _train(make(), loss, params, 60)
+    kga = koopax.kga(1.0, num_snapshots=5, snapshot_every=4, apply_every=4)
+    p1, s1, _ = _train(optax.chain(optax.sgd(0.5), kga), loss, params, 60)
+    p2, s2, _ = _train(optax.chain(optax.sgd(0.5), _with_strategy(kga, "sum")), loss, params, 60)
     assert int(s1[1].num_refreshes) == int(s2[1].num_refreshes) > 5
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
@@ -149,13 +174,13 @@ def test_summed_strategy_against_numpy():
         before = state
         out, state = update(u, state, p)
         if t % k == 0 and int(before.num_refreshes) > 0 and t % 5 != 0:
-            slots = before.window.slots
+            slots = before.columns.slots
             x = np.concatenate([np.asarray(s, np.float64).reshape(4, -1)
                                 for s in jax.tree.leaves(slots)], axis=1)
             b = np.concatenate([np.ravel(np.asarray(v, np.float64))
                                 for v in jax.tree.leaves(pending)])
-            scale = float(acceleration.gain_scale(1.0, 10.0, before.operator_norm))
-            want = scale * x.T @ (np.asarray(before.coefficients, np.float64) @ (x @ b))
+            scale = float(acceleration.gain_scale(1.0, 10.0, before.operator.norm[0]))
+            want = scale * x.T @ (np.asarray(before.operator.coefficients[0], np.float64) @ (x @ b))
             got = np.concatenate([np.ravel(np.asarray(o - v, np.float64))
                                   for o, v in zip(jax.tree.leaves(out), jax.tree.leaves(u))])
             np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-6 * np.abs(want).max())
@@ -173,7 +198,7 @@ def test_valve_backs_off_a_destabilising_alpha():
     p_without, s_without, _ = _train(make(), loss, params, 400)
     p_with, s_with, _ = _train(make(), loss, params, 400, value=True)
     p_base, _, _ = _train(optax.sgd(0.5), loss, params, 400)
-    assert int(s_without[1].valve.num_backoffs) == 0 and float(s_without[1].valve.scale) == 1.0
+    assert int(s_without[1].valve.num_backoffs) == 0 and float(s_without[1].valve.alpha_factor) == 1.0
     assert int(s_with[1].valve.num_backoffs) >= 1
     assert float(loss(p_with)) < 0.5 * float(loss(p_base)) < float(loss(p_without))
 
@@ -189,7 +214,7 @@ def test_efficient_kga_matches_the_numpy_reference():
     update = jax.jit(tx.update)
     for w in snaps:
         _, state = update(jnp.zeros(n), state, jnp.asarray(w, jnp.float32))
-    assert int(state.basis_filled) == 3 and int(state.num_stable) == 2
+    assert int(state.columns.basis_filled) == 3 and int(state.operator.num_stable[0]) == 2
     u = rng.normal(size=n)
     probe = koopax.efficient_kga(0.7, num_snapshots=h, snapshot_every=10**6, epsilon=0.02,
                                  rank=3, refresh_every=None)
@@ -242,7 +267,7 @@ def test_masked_increment_strategy():
     p_mask, s_mask, _ = run(koopax.masked_kga(koopax.masks.norm(0.3, capacity=0.8), 1.0,
                                               **common))
     p_base, _, _ = _train(optax.sgd(0.5), loss, params, 200)
-    assert bool(s_mask[1].compact) and int(s_mask[1].num_mask_updates) > 5
+    assert bool(s_mask[1].columns.compact) and int(s_mask[1].columns.num_mask_updates) > 5
     assert float(loss(p_mask)) < 0.6 * float(loss(p_base))
 
 
@@ -259,8 +284,8 @@ def test_a_non_finite_snapshot_is_skipped_without_a_gate(apply_every):
     u = jax.tree.map(lambda x: jnp.full(x.shape, 0.01, x.dtype), params)
     out, new = jax.jit(tx.update)(u, st, bad)
     assert int(new.num_nonfinite) == int(st.num_nonfinite) + 1
-    for a, b in zip(jax.tree.leaves((new.window, new.coefficients, new.num_refreshes)),
-                    jax.tree.leaves((st.window, st.coefficients, st.num_refreshes))):
+    for a, b in zip(jax.tree.leaves((new.columns, new.operator, new.num_refreshes)),
+                    jax.tree.leaves((st.columns, st.operator, st.num_refreshes))):
         np.testing.assert_array_equal(a, b)
     if apply_every is None:   # no correction of a skipped snapshot
         for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(u)):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from koopax import linalg
+from koopax._src import linalg
 
 from helpers import max_eigenvalue_mismatch
 

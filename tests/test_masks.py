@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import koopax
-from koopax import masks
+from koopax._src import masks
 
 from helpers import assert_trees_close
 
@@ -203,7 +203,7 @@ def test_kga_kwm_masks_frozen_weights_and_only_grows():
     for _ in range(60):
         p, st, _, _ = step(p, st)
         s = st[1]
-        if bool(s.compact):
+        if bool(s.columns.compact):
             kept_hist.append(_flat(koopax.masked_kga_kept(s, p)))
     assert step._cache_size() == 1
     assert len(kept_hist) > 10
@@ -214,9 +214,9 @@ def test_kga_kwm_masks_frozen_weights_and_only_grows():
     assert final[fast].mean() < 0.05      # converged weights are masked
     assert final[~fast].mean() > 0.9      # slowly moving ones are kept
     s = st[1]
-    assert int(s.num_kept) == final.sum()
-    np.testing.assert_allclose(float(s.masked_fraction),
-                               1 - (int(s.num_kept) + int(s.num_overflow)) / final.size)
+    assert int(s.columns.num_kept) == final.sum()
+    np.testing.assert_allclose(float(s.columns.masked_fraction),
+                               1 - (int(s.columns.num_kept) + int(s.columns.num_overflow)) / final.size)
 
 
 # --------------------------------------------------------------------------
@@ -236,9 +236,9 @@ def test_kga_mask_keeping_everything_equals_kga():
         for _ in range(40):
             p, st, _, _ = step(p, st)
         out.append((p, st[1]))
-    assert int(out[0][1].num_refreshes) > 5 and int(out[0][1].num_stable) > 0
-    assert bool(out[1][1].compact) and int(out[1][1].num_kept) == 32 * 16 + 32
-    assert int(out[1][1].num_overflow) == 0 and float(out[1][1].masked_fraction) == 0.0
+    assert int(out[0][1].num_refreshes) > 5 and int(out[0][1].operator.num_stable.sum()) > 0
+    assert bool(out[1][1].columns.compact) and int(out[1][1].columns.num_kept) == 32 * 16 + 32
+    assert int(out[1][1].columns.num_overflow) == 0 and float(out[1][1].columns.masked_fraction) == 0.0
     assert_trees_close(out[0][0], out[1][0], rtol=1e-4, atol=1e-5)
 
 
@@ -268,7 +268,7 @@ def test_kga_mask_base_update_on_masked_weights_and_no_recompile(norm_run):
         p, st, g, u = step(p, st)
         s = st[1]
         base = _flat(jax.tree.map(lambda x: -0.9 * x, g))
-        if not bool(s.compact):
+        if not bool(s.columns.compact):
             saw_full = True
             continue
         saw_compact = True
@@ -277,18 +277,18 @@ def test_kga_mask_base_update_on_masked_weights_and_no_recompile(norm_run):
     assert saw_full and saw_compact
     assert update._cache_size() == 1
     s = st[1]
-    assert 0 < int(s.num_kept) <= 256 + 32
-    assert 0.0 < float(s.masked_fraction) < 1.0
-    assert (~kept).sum() == _flat(params).size - int(s.num_kept)
-    assert int(s.num_stable) > 0
+    assert 0 < int(s.columns.num_kept) <= 256 + 32
+    assert 0.0 < float(s.columns.masked_fraction) < 1.0
+    assert (~kept).sum() == _flat(params).size - int(s.columns.num_kept)
+    assert int(s.operator.num_stable.sum()) > 0
     assert not np.allclose(_flat(u)[kept], base[kept])  # kept weights accelerated
     # Compact window shapes: capacity 0.5 -> 256 slots for w (512), all 32 for b.
-    from koopax.kga_masked import compact_slots
+    from koopax._src.kga.masked import compact_slots
 
-    assert [x.shape for x in compact_slots(s)] == [(4, 32), (4, 256)]
+    assert [x.shape for x in compact_slots(s.columns)] == [(4, 32), (4, 256)]
     # Masking keeps no second m x N buffer: the compact slots live in the full ones.
-    assert s.compact_window.slots is None
-    full_bytes = sum(x.nbytes for x in jax.tree.leaves(s.window.slots))
+    assert s.columns.compact_window.slots is None
+    full_bytes = sum(x.nbytes for x in jax.tree.leaves(s.columns.window.slots))
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(s))
     assert state_bytes < full_bytes + 2.5 * _flat(params).nbytes
 
@@ -298,23 +298,24 @@ def test_kga_mask_nonfinite_inputs_keep_compact_state_clean(norm_run):
     p, st = params, tx.init(params)
     for _ in range(24):
         p, st, _, _ = step(p, st)
-    assert bool(st[1].compact) and int(st[1].num_stable) > 0
+    assert bool(st[1].columns.compact) and int(st[1].operator.num_stable.sum()) > 0
     before = int(st[1].num_nonfinite)
     nan_g = jax.tree.map(lambda x: x.at[0].set(jnp.nan), grad(p))
     _, st2, _, u = step(p, st, nan_g)  # count 24: a snapshot step
     s = st2[1]
-    from koopax.kga_masked import compact_slots
+    from koopax._src.kga.masked import compact_slots
 
-    for leaf in jax.tree.leaves((s.compact_window, compact_slots(s), s.coefficients,
-                                 s.operator_norm)):
+    for leaf in jax.tree.leaves((s.columns.compact_window, compact_slots(s.columns),
+                                 s.operator)):
         assert np.all(np.isfinite(np.asarray(leaf)))
     assert int(s.num_nonfinite) == before + 1  # the acceleration was rejected
     np.testing.assert_array_equal(_flat(u), _flat(jax.tree.map(lambda x: -0.9 * x, nan_g)))
     # A non-finite snapshot is skipped: the compact window is unchanged.
     nan_p = jax.tree.map(lambda x: x.at[0].set(jnp.nan), p)
     _, st3 = update(grad(p), st, nan_p)
-    jax.tree.map(np.testing.assert_array_equal, (st3[1].compact_window, compact_slots(st3[1])),
-                 (st[1].compact_window, compact_slots(st[1])))
+    jax.tree.map(np.testing.assert_array_equal,
+                 (st3[1].columns.compact_window, compact_slots(st3[1].columns)),
+                 (st[1].columns.compact_window, compact_slots(st[1].columns)))
     assert int(st3[1].num_nonfinite) == before + 1
     assert update._cache_size() == 1
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import koopax
-from koopax import masks, validation
+from koopax._src import masks, validation
 
 
 @pytest.mark.parametrize("kwargs, name", [
@@ -113,4 +113,10 @@ def test_diagnostics_of_several_instances_are_all_readable():
                      koopax.pdt(snapshot_every=2))
     state = tx.init({"w": jnp.ones(3)})
     found = optax.tree_utils.tree_get_all_with_path(state, "num_nonfinite")
-    assert sorted(p[-1].tuple_name for p, _ in found) == ["KGAState", "PDTState"]
+    assert sorted(p[-1].tuple_name for p, _ in found) == ["KGAState", "PDTStats"]
+    # koopax.find_states finds them by type, koopax.diagnostics refuses to guess.
+    states = koopax.find_states(state)
+    assert [type(s).__name__ for _, s in states] == ["KGAState", "PDTState"]
+    assert [int(koopax.state_diagnostics(s)["num_nonfinite"]) for _, s in states] == [0, 0]
+    with pytest.raises(ValueError, match="2 koopax states"):
+        koopax.diagnostics(state)

@@ -24,7 +24,7 @@ the granularity and the fallback:
   mean over the epoch that ended in it; a rise by more than ``tolerance``
   (relative) switches predictions off. Pass the validation loss as ``value``
   (the latest measurement at every step is fine: only epoch means are used);
-  without ``value`` it behaves like ``'dogra'``. **[choice]** A finite
+  ``update`` raises a ``ValueError`` naming ``value`` without it. **[choice]** A finite
   horizon rather than the "converged state" (infinite horizon) estimate.
 
 References:
@@ -43,7 +43,9 @@ import numbers
 
 import optax
 
-from koopax.predictive_training import EngineConfig, predictive
+from koopax._src import validation
+from koopax._src.pdt.factory import make
+from koopax._src.pdt.rollback import IgnoreRises, StopPredicting
 
 MODES = ("dogra", "tano")
 
@@ -58,6 +60,8 @@ def dmd_prediction(
     mode: str = "dogra",
     per_leaf: bool = True,
     rank: int | float | None = None,
+    learning_rate=None,
+    total_steps: int | None = None,
     tolerance: float = 0.0,
     rcond: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -73,8 +77,9 @@ def dmd_prediction(
       mode: ``'dogra'`` (periodic, no fallback) or ``'tano'`` (stops for good
         once ``value`` rises after a jump).
       per_leaf: one DMD per pytree leaf (default) or one for the whole tree.
-      rank: DMD rank policy (:func:`koopax.linalg.rank_mask`; ``'svht'`` is
+      rank: DMD rank policy (as :func:`koopax.pdt`; ``'svht'`` is
         Gavish–Donoho, as the original papers).
+      learning_rate, total_steps: as :func:`koopax.pdt`.
       tolerance: ``'tano'``: relative rise of ``value`` that stops predictions.
       rcond: Gram noise floor of the DMD.
 
@@ -84,15 +89,14 @@ def dmd_prediction(
       Non-finite predictions never reach the weights.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}; got {mode!r}.")
-    if not isinstance(per_leaf, bool):
-        raise ValueError(f"per_leaf must be a bool; got {per_leaf!r}.")
+        raise validation.ArgumentError(f"mode must be one of {MODES}; got {mode!r}.")
+    validation.boolean(per_leaf, "per_leaf")
+    validation.number(tolerance, "tolerance", low=0.0)
     if start is None:
         start = num_snapshots - 1 if isinstance(num_snapshots, numbers.Integral) else 0
-    return predictive(EngineConfig(
-        horizon=horizon, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
-        start=start, interval=interval, rank=rank, criteria="none",
-        quantity_bounds=(1.0, None), on_rise="stop" if mode == "tano" else "none",
-        tolerance=tolerance, noise_tolerance=0.0, min_interval=interval,
-        max_interval=interval, authors_schedule=False, per_leaf=per_leaf, rcond=rcond,
-        fit_on="assembled"))
+    policy = StopPredicting(tolerance, 0.0) if mode == "tano" else IgnoreRises()
+    return make(horizon=horizon, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
+                start=start, interval=interval, rank=rank,
+                blocks="leaf" if per_leaf else None, learning_rate=learning_rate,
+                total_steps=total_steps, criteria="none", quantity_bounds=(1.0, None),
+                policy=policy, authors_schedule=False, fit_on="assembled", rcond=rcond)

@@ -45,7 +45,7 @@ def track(stats: LossStats, value) -> LossStats:
     """Folds one loss into the statistics (a non-finite loss counts as +inf).
 
     Examples:
-      >>> from koopax import loss_tracking
+      >>> from koopax._src import loss_tracking
       >>> stats = loss_tracking.init_stats()
       >>> for v in (1.0, 2.0, 3.0):
       ...     stats = loss_tracking.track(stats, v)
@@ -73,7 +73,7 @@ def rose(loss, noise, ref_loss, ref_noise, *, tolerance, noise_tolerance):
     """True when ``loss`` is worse than ``ref_loss`` beyond tolerance and noise, or not finite.
 
     Examples:
-      >>> from koopax import loss_tracking
+      >>> from koopax._src import loss_tracking
       >>> rose = lambda l, e: bool(loss_tracking.rose(l, e, 1.0, 0.1, tolerance=0.0,
       ...                                               noise_tolerance=2.0))
       >>> rose(1.2, 0.1), rose(1.4, 0.1), rose(float("nan"), 0.0)
@@ -93,14 +93,14 @@ class Valve(NamedTuple):
       reference: ``(mean, standard error)`` float32 of the latest period
         with a finite mean.
       has_reference: bool, ``reference`` is set.
-      scale: float32 factor in ``(0, 1]`` on ``alpha``.
-      num_backoffs: int32 periods whose loss rose, each halving ``scale``.
+      alpha_factor: float32 factor in ``(0, 1]`` on ``alpha``.
+      num_backoffs: int32 periods whose loss rose, each halving ``alpha_factor``.
     """
 
     stats: LossStats
     reference: jax.Array
     has_reference: jax.Array
-    scale: jax.Array
+    alpha_factor: jax.Array
     num_backoffs: jax.Array
 
 
@@ -110,27 +110,27 @@ NOISE_TOLERANCE = 2.0
 
 
 def init_valve() -> Valve:
-    """A valve at ``scale = 1`` with no reference period."""
+    """A valve at ``alpha_factor = 1`` with no reference period."""
     return Valve(init_stats(), jnp.zeros((2,), jnp.float32), jnp.array(False),
                  jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32))
 
 
 def close_period(valve: Valve) -> Valve:
-    """Ends a period: halve ``scale`` if its loss rose over the previous one, else recover.
+    """Ends a period: halve ``alpha_factor`` if its loss rose over the previous one, else recover.
 
     A rise (:func:`rose`, ``noise_tolerance = 2``, no relative tolerance)
-    multiplies ``scale`` by ``BACKOFF = 0.5``; a period that did not rise
+    multiplies ``alpha_factor`` by ``BACKOFF = 0.5``; a period that did not rise
     multiplies it by ``RECOVERY = 1.25`` up to 1. A period without any loss
     (``value`` never passed) changes nothing.
 
     Examples:
-      >>> from koopax import loss_tracking as lt
+      >>> from koopax._src import loss_tracking as lt
       >>> valve = lt.init_valve()
       >>> for losses in ([2.0, 2.0], [1.0, 1.0], [3.0, 3.0], [1.0, 1.0]):
       ...     for v in losses:
       ...         valve = valve._replace(stats=lt.track(valve.stats, v))
       ...     valve = lt.close_period(valve)
-      ...     print(float(valve.scale), int(valve.num_backoffs))
+      ...     print(float(valve.alpha_factor), int(valve.num_backoffs))
       1.0 0
       1.0 0
       0.5 1
@@ -140,8 +140,9 @@ def close_period(valve: Valve) -> Valve:
     ref_mean, ref_noise = valve.reference[0], valve.reference[1]
     up = seen & valve.has_reference & rose(mean, noise, ref_mean, ref_noise, tolerance=0.0,
                                            noise_tolerance=NOISE_TOLERANCE)
-    scale = jnp.where(up, valve.scale * BACKOFF,
-                      jnp.where(seen, jnp.minimum(valve.scale * RECOVERY, 1.0), valve.scale))
+    scale = jnp.where(up, valve.alpha_factor * BACKOFF,
+                      jnp.where(seen, jnp.minimum(valve.alpha_factor * RECOVERY, 1.0),
+                                valve.alpha_factor))
     new_ref = seen & jnp.isfinite(mean)
     reference = jnp.where(new_ref, jnp.stack([mean, noise]), valve.reference)
     return Valve(init_stats(), reference.astype(jnp.float32), valve.has_reference | new_ref,

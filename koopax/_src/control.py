@@ -29,7 +29,7 @@ def maybe_apply(pred, fn, operand):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from koopax.control import maybe_apply
+      >>> from koopax._src.control import maybe_apply
       >>> double = jax.jit(lambda pred, x: maybe_apply(pred, lambda y: 2 * y, x))
       >>> double(True, jnp.arange(3)).tolist(), double(False, jnp.arange(3)).tolist()
       ([0, 2, 4], [0, 1, 2])
@@ -50,7 +50,7 @@ def maybe_record(pred, record, state, params):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax.control import maybe_record
+      >>> from koopax._src.control import maybe_record
       >>> record = lambda total, params: total + params["w"].sum()
       >>> params = {"w": jnp.array([1.0, 2.0])}
       >>> float(maybe_record(True, record, jnp.float32(10.0), params))

@@ -111,22 +111,28 @@ def isotropic_noise_threshold(singular_values, *, num_rows: int, num_valid=None)
 
     Args:
       singular_values: ``(m,)`` singular values of the window, descending.
-      num_rows: static ``n``.
+      num_rows: ``n`` (a number, or a traced scalar: one value per block under ``vmap``).
       num_valid: number of meaningful entries (the rest padding).
     """
     s = jnp.asarray(singular_values)
     m = s.shape[0]
-    t = (m / num_rows) ** 0.5 + 2.0 / num_rows**0.5
-    if t >= 0.5:
-        return jnp.zeros((), s.dtype)
+    if isinstance(num_rows, numbers.Real):     # a static size: Python arithmetic
+        t = (m / num_rows) ** 0.5 + 2.0 / num_rows**0.5
+        if t >= 0.5:
+            return jnp.zeros((), s.dtype)
+        coefficient = known_noise_coefficient(m / num_rows)
+    else:
+        rows = jnp.maximum(jnp.asarray(num_rows, jnp.float32), 1.0)
+        t = jnp.sqrt(m / rows) + 2.0 / jnp.sqrt(rows)
+        coefficient = known_noise_coefficient(m / rows)
     nv = jnp.asarray(m if num_valid is None else num_valid, jnp.int32)
     valid = jnp.arange(m) < nv
     smallest = jnp.take(s, jnp.maximum(nv - 1, 0))
     bulk = valid & (s <= (1.0 + t) / (1.0 - t) * smallest)
     size = jnp.sum(bulk)
     level = jnp.sum(jnp.where(bulk, s, 0.0)) / jnp.maximum(size, 1)
-    threshold = known_noise_coefficient(m / num_rows) * level
-    return jnp.where((size >= 2) & (smallest > 0), threshold, 0.0).astype(s.dtype)
+    threshold = coefficient * level
+    return jnp.where((size >= 2) & (smallest > 0) & (t < 0.5), threshold, 0.0).astype(s.dtype)
 
 
 def rank_mask(singular_values, *, rank, matrix_shape, num_valid=None, rcond=0.0,
@@ -153,8 +159,8 @@ def rank_mask(singular_values, *, rank, matrix_shape, num_valid=None, rcond=0.0,
           PyDMD's ``svd_rank=0``).
         * an int: fixed rank; a float in (0, 1): the smallest rank whose
           cumulative energy ``sum sigma^2`` reaches it.
-      matrix_shape: static ``(rows, cols)`` of the matrix whose singular values
-        these are (for ``beta``).
+      matrix_shape: ``(rows, cols)`` of the matrix whose singular values
+        these are (for ``beta``; ``rows`` may be traced).
       num_valid: number of meaningful entries (the rest are padding); default
         all.
       rcond: singular values ``<= rcond * sigma_1`` are dropped in every policy
@@ -177,7 +183,11 @@ def rank_mask(singular_values, *, rank, matrix_shape, num_valid=None, rcond=0.0,
         keep = jnp.sum((s > threshold) & valid)
     elif rank == "svht":
         rows, cols = matrix_shape
-        beta = min(rows, cols) / max(rows, cols)
+        if isinstance(rows, numbers.Real):
+            beta = min(rows, cols) / max(rows, cols)
+        else:
+            rows = jnp.maximum(jnp.asarray(rows, jnp.float32), 1.0)
+            beta = jnp.minimum(rows, cols) / jnp.maximum(rows, cols)
         lo = jnp.take(s, jnp.maximum(nv - 1, 0) // 2)
         hi = jnp.take(s, nv // 2)
         tau = svht_coefficient(beta) * 0.5 * (lo + hi)

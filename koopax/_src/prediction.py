@@ -50,8 +50,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from koopax import linalg, snapshots, tree_math, validation
-from koopax.dmd import gram_operator, sort_eigenvalues
+from koopax._src import linalg, snapshots, tree_math, validation
+from koopax._src.blocks import make_blocks
+from koopax._src.dmd import gram_operator, sort_eigenvalues
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -86,17 +87,28 @@ def power_sum(matrix, horizon: int, active_horizon=None):
       matrix: ``(k, k)`` real matrix.
       horizon: static maximal ``tau`` (int >= 1).
       active_horizon: optional traced ``tau <= horizon``; terms beyond it are
-        skipped (used by schedulers that shorten the horizon).
+        skipped (schedulers shorten the horizon). A fractional ``tau = n + f``
+        (a horizon cut at the end of a learning-rate schedule) adds
+        ``f M^{n+1}`` to the first ``n`` terms.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src.prediction import power_sum
+      >>> float(power_sum(jnp.array([[0.5]]), 3)[0, 0]), float(power_sum(jnp.array([[0.5]]), 3, 1.5)[0, 0])
+      (0.875, 0.625)
     """
     _validate_horizon(horizon)
     matrix = jnp.asarray(matrix)
     k = matrix.shape[0]
     tau = horizon if active_horizon is None else active_horizon
+    whole = jnp.floor(tau)
+    fraction = jnp.asarray(tau - whole, matrix.dtype)
 
     def body(j, carry):
         power, total = carry
         power = jnp.matmul(power, matrix, precision=_HIGHEST)
-        total = jnp.where(j < tau, total + power, total)
+        partial = jnp.where((j == whole) & (fraction > 0), total + fraction * power, total)
+        total = jnp.where(j < whole, total + power, partial)
         return power, total
 
     eye = jnp.eye(k, dtype=matrix.dtype)
@@ -121,8 +133,9 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
     """
     _validate_horizon(horizon)
     linalg.validate_rank(rank)
-    if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) \
-            or num_features < 1:
+    if isinstance(num_features, bool) or (isinstance(num_features, numbers.Number)
+                                          and not (isinstance(num_features, numbers.Integral)
+                                                   and num_features >= 1)):
         raise ValueError(f"num_features must be an int >= 1; got {num_features!r}.")
     validation.optional_fraction(rcond, "rcond")
     gram = jnp.asarray(gram, jnp.float32)
@@ -143,31 +156,46 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
                                   red.rank, finite)
 
 
-def predicted_displacement(window, horizon: int, *, rank=None, rcond=None,
+def predicted_displacement(window, horizon: int, *, blocks=None, rank=None, rcond=None,
                            active_horizon=None) -> tuple[Any, PredictionCoefficients]:
     """``w_pred - w`` for the newest snapshot ``w = window.last``, ``tau`` ahead.
 
     Args:
-      window: a :class:`koopax.snapshots.RingWindow`.
+      window: a :class:`koopax.RingWindow`.
       horizon, rank, rcond, active_horizon: as :func:`prediction_coefficients`.
+      blocks: a ``koopax._src.blocks.Blocks``: one DMD per block of leaves
+        (default one for the whole tree).
 
     Returns ``(displacement, info)``: the displacement is a pytree shaped like
     the snapshots with leaves in float32 (at least), ``info`` the
-    :class:`PredictionCoefficients`. Only meaningful once the window is full
-    (:func:`koopax.snapshots.ring_is_full`); callers check ``info.finite`` and the
-    displacement's finiteness before using it.
+    :class:`PredictionCoefficients` with a leading block axis. Only meaningful
+    once the window is full (:func:`koopax._src.snapshots.ring_is_full`);
+    callers check ``info.finite`` and the displacement's finiteness before using it.
     """
     m = snapshots.ring_size(window)
     if m < 2:
         raise ValueError(f"window: need at least 2 increments for one DMD pair; got {m}.")
-    num_features = tree_math.tree_size(window.last)
-    if num_features == 0:      # an empty leaf (per-leaf DMD): nothing to predict
-        info = PredictionCoefficients(jnp.zeros((m - 1,), jnp.float32),
+    if blocks is None:
+        blocks = make_blocks(window.last, None)
+    order = snapshots.ring_order(window)
+    grams = blocks.sum_leaves(window.leaf_grams)[:, order][:, :, order]
+
+    def solve(gram, num_features):
+        return prediction_coefficients(gram, horizon, num_features=num_features, rank=rank,
+                                       rcond=rcond, active_horizon=active_horizon)
+
+    def empty():     # a block without weights (an empty leaf): nothing to predict
+        return PredictionCoefficients(jnp.zeros((m - 1,), jnp.float32),
                                       jnp.zeros((m - 1,), jnp.complex64),
                                       jnp.zeros((), jnp.int32), jnp.asarray(True))
+
+    if blocks.count == 1:
+        one = empty() if blocks.sizes[0] == 0 else solve(grams[0], blocks.sizes[0])
+        info = jax.tree.map(lambda x: x[None], one)
     else:
-        info = prediction_coefficients(snapshots.ring_gram(window), horizon, num_features=num_features,
-                                       rank=rank, rcond=rcond, active_horizon=active_horizon)
+        info = jax.vmap(solve)(grams, jnp.asarray(blocks.sizes, jnp.float32))
     like = jax.tree.map(
         lambda x: jnp.zeros(x.shape, tree_math.accumulation_dtype(x.dtype)), window.last)
-    return snapshots.ring_combination(window, info.coefficients, like), info
+    per_leaf = jax.vmap(lambda c: snapshots.to_slot_order(window, c))(
+        blocks.per_leaf(info.coefficients))
+    return tree_math.stacked_weighted_sum(window.slots, per_leaf, like), info

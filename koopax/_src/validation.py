@@ -35,11 +35,11 @@ def boolean(value, name: str) -> None:
     """``value`` must be a bool.
 
     Examples:
-      >>> from koopax import validation
+      >>> from koopax._src import validation
       >>> validation.boolean("no", "efficient")
       Traceback (most recent call last):
         ...
-      koopax.validation.ArgumentError: efficient must be a bool; got 'no'.
+      koopax._src.validation.ArgumentError: efficient must be a bool; got 'no'.
     """
     if not isinstance(value, (bool, np.bool_)):
         raise ArgumentError(f"{name} must be a bool; got {value!r}.")
@@ -51,7 +51,7 @@ def number(value, name: str, *, low: float, high: float = float("inf"),
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import validation
+      >>> from koopax._src import validation
       >>> validation.number(jnp.asarray(-1.0), "alpha", low=0.0)
       Traceback (most recent call last):
         ...
@@ -84,10 +84,43 @@ def integer(value, name: str, *, low: int) -> None:
         raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
 
 
+def floating_dtype(value, name: str) -> None:
+    """``None`` or a floating dtype (``jnp.bfloat16``, ``'float32'``, ...)."""
+    if value is None:
+        return
+    try:
+        dt = np.dtype(value) if not hasattr(value, "dtype") else np.dtype(value.dtype)
+    except TypeError:
+        dt = None
+    if dt is None or not jax.dtypes.issubdtype(dt, np.floating):
+        raise ArgumentError(f"{name} must be a floating dtype; got {value!r}.")
+
+
 def optional_fraction(value, name: str) -> None:
     """``None`` or a number in ``[0, 1)`` (a noise floor such as ``rcond``)."""
     if value is not None:
         number(value, name, low=0.0, high=1.0, what="None or a number in [0, 1)")
+
+
+def scalar_loss(value):
+    """``value`` must be ``None`` or a scalar loss (shape ``()`` or ``(1,)``); returns it as a scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import validation
+      >>> validation.scalar_loss(jnp.ones((1,))).shape
+      ()
+      >>> validation.scalar_loss(jnp.ones((2,)))
+      Traceback (most recent call last):
+        ...
+      ValueError: value must be a scalar loss; got shape (2,).
+    """
+    if value is None:
+        return None
+    shape = np.shape(value)
+    if shape not in ((), (1,)):
+        raise ValueError(f"value must be a scalar loss; got shape {shape}.")
+    return jax.numpy.reshape(jax.numpy.asarray(value), ())
 
 
 def same_tree(updates, params) -> None:
@@ -95,7 +128,7 @@ def same_tree(updates, params) -> None:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import validation
+      >>> from koopax._src import validation
       >>> validation.same_tree({"a": jnp.zeros(2)}, {"a": jnp.zeros(3)})
       Traceback (most recent call last):
         ...

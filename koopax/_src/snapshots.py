@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from koopax import tree_math
+from koopax._src import tree_math
 
 
 class RingWindow(NamedTuple):
@@ -64,7 +64,7 @@ def init_ring(params, size: int, increment_dtype=None) -> RingWindow:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import snapshots
+      >>> from koopax._src import snapshots
       >>> ring = snapshots.init_ring({"w": jnp.zeros(3)}, 4)
       >>> ring.slots["w"].shape, ring.leaf_grams.shape, int(ring.num_valid)
       ((4, 3), (1, 4, 4), 0)
@@ -166,7 +166,7 @@ def ring_push(ring: RingWindow, params) -> RingWindow:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import snapshots
+      >>> from koopax._src import snapshots
       >>> ring = snapshots.init_ring({"w": jnp.zeros(2)}, 2)
       >>> for w in ([0.0, 0.0], [1.0, 0.0], [1.0, 2.0]):
       ...     ring = snapshots.ring_push(ring, {"w": jnp.array(w)})

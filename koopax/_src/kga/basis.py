@@ -11,7 +11,7 @@ Hemati et al. 2014), or fixed once filled (``refresh_every=None``, the
 paper). KGA's operator ``K`` comes from the Gram matrix ``Z Z^T`` of the
 coordinates and acts in the basis: the correction of ``b`` is
 ``s B (Z_x^T K Z_x) B^T b`` with the per-leaf bound of
-:func:`koopax.acceleration.bounded_correction` (the basis keeps its per-leaf
+KGA's bound (the basis keeps its per-leaf
 Gram matrices ``B_l^T B_l``).
 
 Memory ``(basis_size + 1) N`` (plus ``N`` for a summed ``apply_every``),
@@ -27,7 +27,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import numbers
 from typing import Any, NamedTuple
 
@@ -35,8 +34,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from koopax import acceleration, loss_tracking, snapshots, tree_math, validation
-from koopax.control import maybe_apply, maybe_record
+from koopax._src import snapshots, tree_math, validation
+from koopax._src.control import maybe_apply
+from koopax._src.kga import engine
+from koopax._src.kga.engine import Push
+from koopax._src.kga.operator import leaf_squares
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # A new increment extends the basis when its part outside the basis is at
@@ -44,11 +46,10 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 _NEW_DIRECTION_TOL = 1e-3
 
 
-class EfficientKGAState(NamedTuple):
-    """State of :func:`efficient_kga`.
+class BasisColumns(NamedTuple):
+    """Efficient-KGA's columns: a streaming orthonormal basis (``KGAState.columns``).
 
     Attributes:
-      count: int32, steps taken.
       last: newest snapshot (parameter dtype).
       basis: pytree with leaves ``(basis_size, *shape)``: orthonormal directions.
       basis_grams: ``(num_leaves, basis_size, basis_size)`` float32 per-leaf
@@ -57,29 +58,14 @@ class EfficientKGAState(NamedTuple):
       coordinates: ``(h-1, basis_size)`` float32 coordinates of the last
         increments in ``basis``, oldest first.
       num_snapshots: int32 snapshots recorded.
-      pending: base updates summed since the last correction (``apply_every > 1``).
-      valve, coefficients (``(basis_size, basis_size)``, in the basis),
-      operator_norm, eigenvalues, rank, num_stable, num_refreshes,
-      num_nonfinite, num_clipped: as in :class:`koopax.KGAState`.
     """
 
-    count: jax.Array
     last: Any
     basis: Any
     basis_grams: jax.Array
     basis_filled: jax.Array
     coordinates: jax.Array
     num_snapshots: jax.Array
-    pending: Any
-    valve: loss_tracking.Valve
-    coefficients: jax.Array
-    operator_norm: jax.Array
-    eigenvalues: jax.Array
-    rank: jax.Array
-    num_stable: jax.Array
-    num_refreshes: jax.Array
-    num_nonfinite: jax.Array
-    num_clipped: jax.Array
 
 
 class _Split(NamedTuple):
@@ -91,7 +77,7 @@ class _Split(NamedTuple):
     new_direction: jax.Array
 
 
-def _split(state: EfficientKGAState, params) -> _Split:
+def _split(state: BasisColumns, params) -> _Split:
     def increment(p, last):
         dt = tree_math.accumulation_dtype(jnp.result_type(p, last))
         return p.astype(dt) - last.astype(dt)
@@ -108,7 +94,7 @@ def _split(state: EfficientKGAState, params) -> _Split:
     return _Split(coords, unit, res_norm, new_dir)
 
 
-def _fill(state: EfficientKGAState, split: _Split) -> EfficientKGAState:
+def _fill(state: BasisColumns, split: _Split) -> BasisColumns:
     """The residual direction becomes basis vector number ``basis_filled``."""
     slot = state.basis_filled
     basis = jax.tree.map(
@@ -120,7 +106,7 @@ def _fill(state: EfficientKGAState, split: _Split) -> EfficientKGAState:
         coordinates=jnp.concatenate([state.coordinates[1:], row[None]]))
 
 
-def _rotate(state: EfficientKGAState, split: _Split) -> EfficientKGAState:
+def _rotate(state: BasisColumns, split: _Split) -> BasisColumns:
     """Re-orients the basis to the principal directions of the extended coordinates."""
     history = state.coordinates[1:]
     r = split.coords.shape[0]
@@ -140,82 +126,82 @@ def _rotate(state: EfficientKGAState, split: _Split) -> EfficientKGAState:
                           coordinates=jnp.matmul(ext, top, precision=_HIGHEST))
 
 
-def _keep(state: EfficientKGAState, split: _Split) -> EfficientKGAState:
+def _keep(state: BasisColumns, split: _Split) -> BasisColumns:
     return state._replace(coordinates=jnp.concatenate([state.coordinates[1:],
                                                        split.coords[None]]))
 
 
-def _columns(state):
-    return state.basis, state.basis_grams
-
-
 @dataclasses.dataclass(frozen=True)
-class _Config:
-    alpha: Any
-    snapshot_every: int
-    apply_every: int
+class BasisVariant:
+    """The streaming basis as KGA's columns (see the module docstring)."""
+
     size: int
     refresh_every: int | None
-    slots: int
-    epsilon: Any
-    rank: Any
+    window_size: int
     snapshot_dtype: Any
-    max_gain: Any
-    rcond: Any
+    strategies = ("each", "sum")
+    selects = False
 
+    @property
+    def width(self) -> int:
+        return self.size
 
-def _init(cfg: _Config, params) -> EfficientKGAState:
-    return EfficientKGAState(
-        count=jnp.zeros((), jnp.int32),
-        last=jax.tree.map(jnp.zeros_like, params),
-        basis=snapshots.stacked_zeros(params, cfg.size, cfg.snapshot_dtype),
-        basis_grams=jnp.zeros((len(jax.tree.leaves(params)), cfg.size, cfg.size), jnp.float32),
-        basis_filled=jnp.zeros((), jnp.int32),
-        coordinates=jnp.zeros((cfg.slots, cfg.size), jnp.float32),
-        num_snapshots=jnp.zeros((), jnp.int32),
-        pending=jax.tree.map(jnp.zeros_like, params) if cfg.apply_every > 1 else (),
-        valve=loss_tracking.init_valve(),
-        **acceleration.operator_fields(cfg.size, cfg.slots - 1))
+    def init(self, params) -> BasisColumns:
+        return BasisColumns(
+            last=jax.tree.map(jnp.zeros_like, params),
+            basis=snapshots.stacked_zeros(params, self.size, self.snapshot_dtype),
+            basis_grams=jnp.zeros((len(jax.tree.leaves(params)), self.size, self.size),
+                                  jnp.float32),
+            basis_filled=jnp.zeros((), jnp.int32),
+            coordinates=jnp.zeros((self.window_size, self.size), jnp.float32),
+            num_snapshots=jnp.zeros((), jnp.int32))
 
+    def reference(self, store):
+        return store.last
 
-def _record(cfg: _Config, carry, params):
-    """Splits the increment on the basis (fill / rotate / keep) and refreshes ``K``."""
-    state, updates = carry
-    split = _split(state, params)
-    due = (jnp.array(False) if cfg.refresh_every is None
-           else (state.num_snapshots % cfg.refresh_every) == 0)
-    grow = split.new_direction & (state.basis_filled < cfg.size)
-    turn = split.new_direction & (state.basis_filled >= cfg.size) & due
-    state = maybe_apply(grow, lambda s: _fill(s, split), state)
-    state = maybe_apply(turn, lambda s: _rotate(s, split), state)
-    state = maybe_apply(~grow & ~turn, lambda s: _keep(s, split), state)
-    state = state._replace(
-        last=jax.tree.map(lambda p, l: p.astype(l.dtype), params, state.last),
-        num_snapshots=state.num_snapshots + 1)
-    gram = jnp.matmul(state.coordinates, state.coordinates.T, precision=_HIGHEST)
-    op = acceleration.acceleration_operator(gram, num_features=tree_math.tree_size(params),
-                                            epsilon=cfg.epsilon, rank=cfg.rank, rcond=cfg.rcond)
-    z_x = state.coordinates[:-1]
-    coefs = jnp.matmul(jnp.matmul(z_x.T, op.coefficients, precision=_HIGHEST), z_x,
-                       precision=_HIGHEST)
-    ready = state.num_snapshots > cfg.slots
-    return acceleration.install_operator(state, op, ready, coefs), updates
+    def record(self, store, params, ok):
+        """Splits the increment on the basis: fill, rotate or keep (gated: ``ok`` is True)."""
+        del ok
+        split = _split(store, params)
+        due = (jnp.array(False) if self.refresh_every is None
+               else (store.num_snapshots % self.refresh_every) == 0)
+        grow = split.new_direction & (store.basis_filled < self.size)
+        turn = split.new_direction & (store.basis_filled >= self.size) & due
+        store = maybe_apply(grow, lambda s: _fill(s, split), store)
+        store = maybe_apply(turn, lambda s: _rotate(s, split), store)
+        store = maybe_apply(~grow & ~turn, lambda s: _keep(s, split), store)
+        store = store._replace(
+            last=jax.tree.map(lambda p, l: p.astype(l.dtype), params, store.last),
+            num_snapshots=store.num_snapshots + 1)
+        return store, None
 
+    def ready(self, store):
+        return store.num_snapshots > self.window_size
 
-def _update(cfg: _Config, updates, state, params=None, value=None, **extra_args):
-    del extra_args
-    acceleration.check_update_args(updates, params, state.last, value)
-    take = (state.count % cfg.snapshot_every) == 0
-    record = functools.partial(_record, cfg)
-    close = functools.partial(acceleration.close_valve, value=value)
-    state, corrected = maybe_record(
-        take, lambda c, p: acceleration.record_if_finite(record, (close(c[0]), c[1]), p),
-        (state, updates), params)
-    state = acceleration.track_value(state, value)
-    state, corrected = acceleration.correct_updates(
-        state, corrected, updates, _columns, state.num_snapshots > cfg.slots, cfg.apply_every,
-        cfg.alpha, cfg.max_gain)
-    return corrected, state._replace(count=optax.safe_increment(state.count))
+    def dmd_grams(self, store, blocks):
+        del blocks   # one block: the basis is global
+        return jnp.matmul(store.coordinates, store.coordinates.T, precision=_HIGHEST)[None]
+
+    def to_columns(self, store, coefficients):
+        z_x = store.coordinates[:-1]
+        return jax.vmap(lambda k: jnp.matmul(jnp.matmul(z_x.T, k, precision=_HIGHEST), z_x,
+                                             precision=_HIGHEST))(coefficients)
+
+    def leaf_grams(self, store):
+        return store.basis_grams
+
+    def project(self, store, tree):
+        return tree_math.stacked_products(store.basis, tree), leaf_squares(tree)
+
+    def combine(self, store, coefficients, like):
+        return tree_math.stacked_weighted_sum(store.basis, coefficients, like)
+
+    def num_features(self, params, blocks):
+        del blocks
+        return (tree_math.tree_size(params),)
+
+    def decide(self, store, params):
+        return None
 
 
 def efficient_kga(
@@ -224,6 +210,8 @@ def efficient_kga(
     num_snapshots: int = 6,
     snapshot_every: int = 100,
     apply_every: int | None = 1,
+    learning_rate=None,
+    total_steps: int | None = None,
     basis_size: int | None = None,
     refresh_every: int | None = 1,
     epsilon: jax.typing.ArrayLike = 1e-2,
@@ -235,8 +223,9 @@ def efficient_kga(
     """Efficient-KGA: KGA over a streaming basis of ``basis_size`` directions.
 
     Args:
-      alpha, num_snapshots, snapshot_every, epsilon, rank, max_gain, rcond:
-        as in :func:`koopax.kga`.
+      alpha, num_snapshots, snapshot_every, epsilon, rank, max_gain, rcond,
+      learning_rate, total_steps: as in :func:`koopax.kga` (one block: the
+        basis is global).
       apply_every: ``k``: ``1`` (default) corrects every update; ``k > 1``
         (``None``: ``snapshot_every``) corrects the sum of ``k`` base updates,
         kept in one parameter-sized buffer: ``N`` more memory, which is what
@@ -263,24 +252,22 @@ def efficient_kga(
       1 1.0
       2 1.0
       3 1.9
-      >>> int(state[1].basis_filled)  # the whole trajectory lies on one direction
+      >>> int(state[1].columns.basis_filled)  # the whole trajectory lies on one direction
       1
 
     References:
       Anonymous, *Dynamic Training Guided by Training Dynamics*, OpenReview
       7AB077M4TY, 2024, Sec. 3.3 (Efficient-KGA).
     """
-    acceleration.validate(alpha=alpha, num_snapshots=num_snapshots,
-                          snapshot_every=snapshot_every, apply_every=apply_every,
-                          epsilon=epsilon, rank=rank, snapshot_dtype=snapshot_dtype,
-                          max_gain=max_gain, rcond=rcond)
+    validation.floating_dtype(snapshot_dtype, "snapshot_dtype")
     for value, name in ((basis_size, "basis_size"), (refresh_every, "refresh_every")):
         validation.static(value, name)
         if value is not None:
             validation.integer(value, name, low=1)
+    cfg = engine.make_settings(
+        alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
+        apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
+        learning_rate=learning_rate, total_steps=total_steps, increment=False)
     m = num_snapshots - 1
-    cfg = _Config(alpha, snapshot_every, snapshot_every if apply_every is None else apply_every,
-                  basis_size or (rank if isinstance(rank, numbers.Integral) else m - 1),
-                  refresh_every, m, epsilon, rank, snapshot_dtype, max_gain, rcond)
-    return optax.GradientTransformationExtraArgs(functools.partial(_init, cfg),
-                                                 functools.partial(_update, cfg))
+    size = basis_size or (rank if isinstance(rank, numbers.Integral) else m - 1)
+    return engine.transformation(cfg, BasisVariant(size, refresh_every, m, snapshot_dtype))

@@ -31,7 +31,7 @@ def accumulation_dtype(dtype) -> jnp.dtype:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> tree_math.accumulation_dtype(jnp.bfloat16), tree_math.accumulation_dtype(jnp.float64)
       (dtype('float32'), dtype('float64'))
     """
@@ -43,7 +43,7 @@ def tree_size(tree) -> int:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> tree_math.tree_size({"w": jnp.zeros((2, 3)), "b": jnp.zeros(3)})
       9
     """
@@ -58,7 +58,7 @@ def tree_vdot(a, b) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> a = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(3.0)}
       >>> b = {"w": jnp.array([4.0, 5.0]), "b": jnp.array(-1.0)}
       >>> float(tree_math.tree_vdot(a, b))  # 1 * 4 + 2 * 5 + 3 * (-1)
@@ -76,7 +76,7 @@ def tree_inner_products(columns: Sequence, vector) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> a = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(3.0)}
       >>> b = {"w": jnp.array([4.0, 5.0]), "b": jnp.array(-1.0)}
       >>> tree_math.tree_inner_products([a, b], a).tolist()  # [<a, a>, <b, a>]
@@ -92,7 +92,7 @@ def tree_combination(columns: Sequence, coefficients: jax.Array, like):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> a = {"w": jnp.array([1.0, 2.0]), "b": jnp.array(3.0)}
       >>> b = {"w": jnp.array([4.0, 5.0]), "b": jnp.array(-1.0)}
       >>> c = tree_math.tree_combination([a, b], jnp.array([2.0, -1.0]), like=a)  # 2 a - b
@@ -117,7 +117,7 @@ def stacked_gram(stacked) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> stacked = {"w": jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])}  # 3 snapshots
       >>> tree_math.stacked_gram(stacked).tolist()
       [[1.0, 1.0, 0.0], [1.0, 2.0, 2.0], [0.0, 2.0, 4.0]]
@@ -149,7 +149,7 @@ def stacked_combination(stacked, coefficients: jax.Array):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> stacked = {"w": jnp.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])}  # 3 snapshots
       >>> coefficients = jnp.array([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5]])  # w_0 - w_1, w_2 / 2
       >>> tree_math.stacked_combination(stacked, coefficients)["w"].tolist()
@@ -168,7 +168,7 @@ def tree_all_finite(tree) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> bool(tree_math.tree_all_finite({"w": jnp.ones(2), "b": jnp.zeros(())}))
       True
       >>> bool(tree_math.tree_all_finite({"w": jnp.array([1.0, jnp.nan])}))
@@ -199,7 +199,7 @@ def stacked_products(stacked, tree) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> stacked = {"a": jnp.array([[1.0, 0.0], [0.0, 1.0]]), "b": jnp.array([[2.0], [0.0]])}
       >>> tree_math.stacked_products(stacked, {"a": jnp.array([3.0, 4.0]), "b": jnp.array([1.0])}).tolist()
       [[3.0, 4.0], [2.0, 0.0]]
@@ -219,7 +219,7 @@ def stacked_leaf_grams(stacked) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> g = tree_math.stacked_leaf_grams({"a": jnp.array([[1.0, 2.0], [0.0, 1.0]])})
       >>> g.tolist()
       [[[5.0, 2.0], [2.0, 1.0]]]
@@ -245,7 +245,7 @@ def stacked_weighted_sum(stacked, coefficients: jax.Array, like):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax import tree_math
+      >>> from koopax._src import tree_math
       >>> stacked = {"a": jnp.array([[1.0, 0.0], [0.0, 1.0]]), "b": jnp.array([[2.0], [3.0]])}
       >>> out = tree_math.stacked_weighted_sum(stacked, jnp.array([[1.0, 2.0], [0.0, 1.0]]),
       ...                                      like={"a": jnp.zeros(2), "b": jnp.zeros(1)})

@@ -1,0 +1,1 @@
+"""koopax internals: not part of the public API (see ``koopax``)."""

@@ -1,0 +1,1 @@
+"""KGA: one engine (``engine``) over three column stores (``window``, ``basis``, ``masked``)."""

@@ -1,0 +1,343 @@
+"""The one KGA engine: the update sequence every KGA variant shares.
+
+A variant is a *column store* (:class:`Columns`): where the stored columns
+``X`` live (a window of increments, a streaming basis, a compact masked
+window), how a snapshot is recorded into them and how ``X^T u`` and ``X a``
+are computed. The engine owns the rest, once:
+
+1. the snapshot clock (:mod:`koopax._src.clock`: in steps, or in the
+   integrated learning rate under a schedule);
+2. at a snapshot, inside one gate that carries the state only: record, the
+   DMD refresh per block (:mod:`koopax._src.kga.operator`), the valve's
+   period, and for the ``increment`` strategy the correction of the newest
+   increment, kept in ``pending``;
+3. the correction strategy (``apply_every``): ``each`` update (two passes
+   over the columns per step), the newest ``increment`` (one select per step),
+   or the ``sum`` of ``k`` updates (one buffer);
+4. the valve (:mod:`koopax._src.loss_tracking`), the counters and the checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import numbers
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from koopax._src import linalg, loss_tracking, tree_math, validation
+from koopax._src.blocks import Blocks, make_blocks, validate_blocks
+from koopax._src.clock import Clock, make_clock
+from koopax._src.control import maybe_apply, maybe_record
+from koopax._src.kga import operator as op_lib
+
+NO_PARAMS_MSG = ("koopax's KGA needs the current parameters: call "
+                 "`tx.update(updates, state, params)` (nnx.Optimizer does this).")
+
+
+class Push(NamedTuple):
+    """What recording a snapshot tells the ``increment`` strategy.
+
+    Attributes:
+      rows: ``(num_leaves, c)`` per-leaf ``<old column_j, d>`` of the new
+        increment ``d`` with the columns as they were before the push.
+      old_grams: ``(num_leaves, c, c)`` per-leaf Gram matrices before the push.
+      newest: index of the newest column after the push.
+      allowed: bool, the newest increment may be corrected.
+    """
+
+    rows: jax.Array
+    old_grams: jax.Array
+    newest: jax.Array
+    allowed: jax.Array
+
+
+class Columns(Protocol):
+    """The per-variant part of KGA (see the module docstring)."""
+
+    strategies: tuple[str, ...]
+    selects: bool          # record() skips a non-finite snapshot by selects (else gated)
+    width: int             # c, the number of stored columns
+    window_size: int       # m, increments in the DMD window
+    snapshot_dtype: Any    # dtype of the stored columns (None: the parameters')
+
+    def init(self, params) -> Any: ...
+    def reference(self, store) -> Any: ...
+    def record(self, store, params, ok) -> tuple[Any, Push]: ...
+    def ready(self, store) -> jax.Array: ...
+    def dmd_grams(self, store, blocks: Blocks) -> jax.Array: ...
+    def to_columns(self, store, coefficients) -> jax.Array: ...
+    def leaf_grams(self, store) -> jax.Array: ...
+    def project(self, store, tree) -> tuple[jax.Array, jax.Array]: ...
+    def combine(self, store, coefficients, like) -> Any: ...
+    def num_features(self, params, blocks: Blocks) -> tuple: ...
+    def decide(self, store, params) -> tuple[Any, jax.Array] | None: ...
+
+
+class KGAState(NamedTuple):
+    """State of :func:`koopax.kga`, :func:`koopax.efficient_kga` and :func:`koopax.masked_kga`.
+
+    Attributes:
+      count: int32, steps taken.
+      clock: the snapshot clock's state (``()`` for a step clock).
+      columns: the variant's column store (:class:`koopax.RingWindow` for
+        ``kga``, :class:`koopax.BasisColumns`, :class:`koopax.MaskedColumns`).
+      operator: :class:`koopax.OperatorState`, per block: ``K_b`` in the
+        columns' coordinates, ``eigenvalues``, ``rank``, ``num_stable``.
+      applied: ``(num_leaves, c)`` float32 per-leaf coefficients of the last
+        correction (``increment`` strategy; zeros otherwise).
+      pending: parameter-shaped; ``increment``: the newest increment's
+        correction (zero when none is due), added at its snapshot step;
+        ``sum``: the base updates summed since the last correction;
+        ``()`` for ``each``.
+      valve: :class:`koopax.Valve` (``valve.alpha_factor`` multiplies ``alpha``).
+      num_refreshes: int32 successful DMD refreshes.
+      num_nonfinite: int32 events where a non-finite snapshot, DMD or
+        correction was rejected (the base update was used instead).
+      num_clipped: int32 corrections the per-leaf bound scaled down.
+    """
+
+    count: jax.Array
+    clock: Any
+    columns: Any
+    operator: op_lib.OperatorState
+    applied: jax.Array
+    pending: Any
+    valve: loss_tracking.Valve
+    num_refreshes: jax.Array
+    num_nonfinite: jax.Array
+    num_clipped: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The static settings the engine reads (validated by the factories)."""
+
+    alpha: Any
+    epsilon: Any
+    max_gain: Any
+    rank: Any
+    rcond: Any
+    clock: Clock
+    strategy: str          # each | increment | sum
+    apply_every: int
+    blocks: Any            # the block policy (None, 'leaf', 'layer' or a callable)
+
+
+def make_settings(*, alpha, num_snapshots, snapshot_every, apply_every, epsilon, rank,
+                  max_gain, rcond, learning_rate=None, total_steps=None, blocks=None,
+                  max_rank=None, increment=True) -> Settings:
+    """Validates the hyperparameters every KGA variant shares; builds the clock.
+
+    ``apply_every``: ``None`` the newest increment at each snapshot, ``1``
+    every update, any other ``k`` the sum of ``k`` updates (``k`` equal to a
+    step clock's ``snapshot_every`` is the newest increment too). A variant
+    without the increment strategy (``increment=False``) sums instead.
+    """
+    for value, name in ((num_snapshots, "num_snapshots"), (apply_every, "apply_every"),
+                        (rank, "rank"), (rcond, "rcond"), (max_rank, "max_rank")):
+        validation.static(value, name)
+    validation.number(alpha, "alpha", low=0.0)
+    validation.integer(num_snapshots, "num_snapshots", low=3)
+    if apply_every is not None:
+        validation.integer(apply_every, "apply_every", low=1)
+    validation.number(epsilon, "epsilon", low=0.0, high=1.0, what="a number in [0, 1)")
+    linalg.validate_rank(rank)
+    if max_rank is not None and isinstance(rank, numbers.Integral) and rank > max_rank:
+        raise ValueError(f"rank must be <= num_snapshots - 2 = {max_rank} (the number of "
+                         f"increment pairs); got {rank}.")
+    validation.number(max_gain, "max_gain", low=1.0, low_open=True)
+    validation.optional_fraction(rcond, "rcond")
+    validate_blocks(blocks)
+    clock = make_clock(snapshot_every, learning_rate=learning_rate, total_steps=total_steps,
+                       num_snapshots=num_snapshots)
+    if apply_every is None and clock.counts_rate and increment:
+        strategy, apply_every = "increment", clock.snapshot_every
+    else:
+        apply_every = clock.snapshot_every if apply_every is None else apply_every
+        strategy = ("each" if apply_every == 1 else
+                    "increment" if (increment and apply_every == clock.snapshot_every
+                                    and not clock.counts_rate) else "sum")
+    return Settings(alpha, epsilon, max_gain, rank, rcond, clock, strategy, apply_every, blocks)
+
+
+def _init(cfg: Settings, columns: Columns, params) -> KGAState:
+    blocks = make_blocks(params, cfg.blocks)
+    store = columns.init(params)
+    width = columns.width
+    # ``increment``: the stored correction, in ``snapshot_dtype``; ``sum``: a sum of updates.
+    dtype = columns.snapshot_dtype if cfg.strategy == "increment" else None
+    pending = () if cfg.strategy == "each" else jax.tree.map(
+        lambda p: jnp.zeros_like(p, dtype=dtype), params)
+    zero = jnp.zeros((), jnp.int32)
+    return KGAState(
+        count=zero, clock=cfg.clock.init(), columns=store,
+        operator=op_lib.init_operator(blocks.count, width, columns.window_size - 1),
+        applied=jnp.zeros((len(jax.tree.leaves(params)), width), jnp.float32),
+        pending=pending, valve=loss_tracking.init_valve(),
+        num_refreshes=zero, num_nonfinite=zero, num_clipped=zero)
+
+
+def _refresh(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, params, ok):
+    """Installs the operator of the current columns (kept as it was unless ``ok``)."""
+    store = state.columns
+    op = op_lib.block_operators(columns.dmd_grams(store, blocks), blocks, epsilon=cfg.epsilon,
+                                rank=cfg.rank, rcond=cfg.rcond,
+                                num_features=columns.num_features(params, blocks))
+    new, refreshed, rejected = op_lib.install(
+        state.operator, op, columns.ready(store), columns.to_columns(store, op.coefficients))
+    keep = lambda n, o: jnp.where(ok, n, o)
+    return state._replace(
+        operator=jax.tree.map(keep, new, state.operator),
+        num_refreshes=state.num_refreshes + jnp.where(ok, refreshed, 0),
+        num_nonfinite=state.num_nonfinite + jnp.where(ok, rejected, 0))
+
+
+def usable_scale(cfg: Settings, state: KGAState, ready):
+    """``(s, active)``: each block's gain scale (valve included), and whether a correction applies."""
+    scale = state.valve.alpha_factor * op_lib.gain_scale(cfg.alpha, cfg.max_gain,
+                                                         state.operator.norm)
+    return scale, ready & jnp.any((scale > 0) & (state.operator.num_stable > 0))
+
+
+def _count(state: KGAState, corr: op_lib.Correction) -> KGAState:
+    return state._replace(num_nonfinite=state.num_nonfinite + corr.rejected.astype(jnp.int32),
+                          num_clipped=state.num_clipped + corr.clipped.astype(jnp.int32))
+
+
+def _correct_increment(cfg, columns, blocks, state: KGAState, push: Push, ok, ahead):
+    """``increment``: the newest increment's correction ``X a``, kept in ``pending``.
+
+    No nested gate (a nested loop would copy the columns): the correction's
+    pass runs at every snapshot and is selected elementwise.
+    """
+    store = state.columns
+    grams = columns.leaf_grams(store)
+    products, cross = op_lib.residual_products(push.rows, push.old_grams, state.applied)
+    base_sq = jnp.take(jnp.take(grams, push.newest, axis=1), push.newest, axis=1) + cross
+    scale, active = usable_scale(cfg, state, columns.ready(store) & ok & push.allowed)
+    if ahead is not None:
+        scale = scale * jnp.clip(ahead, 0.0, 1.0)
+    corr = op_lib.bounded_correction(products, base_sq, grams, state.operator.coefficients,
+                                     scale, cfg.max_gain, blocks)
+    corr = corr._replace(coefficients=jnp.where(active, corr.coefficients, 0.0),
+                         rejected=active & corr.rejected, clipped=active & corr.clipped)
+    delta = columns.combine(store, corr.coefficients, like=state.pending)
+    delta = jax.tree.map(lambda d: jnp.where(active, d, jnp.zeros_like(d)), delta)
+    return _count(state._replace(applied=corr.coefficients, pending=delta), corr)
+
+
+def _record(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, params, ok,
+            ahead):
+    """Record (``ok`` False: nothing changes), refresh, correct the increment, decide."""
+    store, push = columns.record(state.columns, params, ok)
+    state = _refresh(cfg, columns, blocks, state._replace(columns=store), params, ok)
+    if cfg.strategy == "increment":
+        state = _correct_increment(cfg, columns, blocks, state, push, ok, ahead)
+    decided = columns.decide(state.columns, params)
+    if decided is None:
+        return state
+    store, changed = decided
+    state = state._replace(columns=store)
+    return maybe_apply(changed, lambda st: _refresh(cfg, columns, blocks, st, params, True),
+                       state)
+
+
+def _snapshot(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, params, ahead):
+    """A snapshot step; a non-finite ``params`` is skipped and counted.
+
+    A store that records with selects (``columns.selects``: the ring) takes
+    the finiteness flag into the same pass; the others are gated.
+    """
+    ok = tree_math.tree_all_finite(params)
+    if columns.selects:
+        state = _record(cfg, columns, blocks, state, params, ok, ahead)
+    else:
+        state, _ = maybe_apply(
+            ok, lambda c: (_record(cfg, columns, blocks, *c, True, ahead), c[1]),
+            (state, params))
+    return state._replace(num_nonfinite=state.num_nonfinite + (~ok).astype(jnp.int32))
+
+
+def correct_target(cfg, columns, blocks, state: KGAState, updates, target, ready):
+    """``updates + X a``, ``a`` the bounded correction of ``target`` over the columns.
+
+    ``target`` is the base displacement (the update itself, or a sum of
+    updates). Two passes over the columns, gated on ``ready`` and a usable
+    operator; the columns are read inside the gate, so no buffer is copied.
+    """
+    scale, active = usable_scale(cfg, state, ready)
+
+    def correct(c):
+        st, u, tgt = c
+        products, squares = columns.project(st.columns, tgt)
+        corr = op_lib.bounded_correction(products, squares, columns.leaf_grams(st.columns),
+                                         st.operator.coefficients, scale, cfg.max_gain, blocks)
+        delta = columns.combine(st.columns, corr.coefficients, like=u)
+        return _count(st, corr), jax.tree.map(lambda a, d: a + d, u, delta), tgt
+
+    state, updates, _ = maybe_apply(active, correct, (state, updates, target))
+    return state, updates
+
+
+def _correct_sum(cfg, columns, blocks, state: KGAState, updates, ready):
+    """Every ``apply_every`` steps corrects ``pending``, the sum of the last
+    ``apply_every`` base updates; this step's update starts or extends the sum."""
+    due = (state.count % cfg.apply_every) == 0
+    state, corrected = correct_target(cfg, columns, blocks, state, updates, state.pending,
+                                      ready & due)
+    pending = jax.tree.map(lambda p, u: jnp.where(due, u, p + u).astype(p.dtype),
+                           state.pending, updates)
+    return state._replace(pending=pending), corrected
+
+
+def check_update_args(updates, params, like, value, message=NO_PARAMS_MSG):
+    """Update-time checks: ``params`` given and matching ``updates`` and the state."""
+    if params is None:
+        raise ValueError(message)
+    validation.same_tree(updates, params)
+    validation.state_fits(like, params)
+    return validation.scalar_loss(value)
+
+
+def _update(cfg: Settings, columns: Columns, updates, state: KGAState, params=None, *,
+            value=None, **extra_args):
+    del extra_args
+    value = check_update_args(updates, params, columns.reference(state.columns), value)
+    blocks = make_blocks(params, cfg.blocks)
+    take = cfg.clock.due(state.count, state.clock)
+    ahead = cfg.clock.periods_left(state.count, state.clock)
+
+    def snapshot(st, p):
+        if value is not None:
+            st = st._replace(valve=loss_tracking.close_period(st.valve))
+        return _snapshot(cfg, columns, blocks, st, p, ahead)
+
+    # The gate carries the state only: the updates' own fusion is not broken.
+    state = maybe_record(take, snapshot, state, params)
+    if cfg.strategy == "increment":
+        corrected = jax.tree.map(lambda u, d: jnp.where(take, u + d.astype(u.dtype), u),
+                                 updates, state.pending)
+    elif cfg.strategy == "sum":
+        state, corrected = _correct_sum(cfg, columns, blocks, state, updates,
+                                        columns.ready(state.columns))
+    else:
+        state, corrected = correct_target(cfg, columns, blocks, state, updates, updates,
+                                          columns.ready(state.columns))
+    if value is not None:
+        state = state._replace(valve=state.valve._replace(
+            stats=loss_tracking.track(state.valve.stats, value)))
+    return corrected, state._replace(count=optax.safe_increment(state.count),
+                                     clock=cfg.clock.advance(state.count, state.clock, take))
+
+
+def transformation(cfg: Settings, columns: Columns) -> optax.GradientTransformationExtraArgs:
+    """The engine over ``columns`` as an Optax transformation."""
+    if cfg.strategy not in columns.strategies:
+        raise ValueError(f"apply_every={cfg.apply_every} asks for the {cfg.strategy!r} "
+                         f"strategy, which this variant does not support.")
+    return optax.GradientTransformationExtraArgs(functools.partial(_init, cfg, columns),
+                                                 functools.partial(_update, cfg, columns))

@@ -1,0 +1,553 @@
+"""Weight masks (KWM, norm, delta) and the static-capacity compaction that makes them pay.
+
+A mask decides which weights take part in the Koopman machinery; the others get
+the base optimizer's update unchanged and are not recorded in snapshots. All
+three criteria of the KGA paper are provided, each as a :class:`Mask` of pure
+functions evaluated on a :class:`MaskInputs` view (the current weights ``w_t``,
+the last ``m`` increments ``d_i = w_{i+1} - w_i`` and their Gram matrix):
+
+* **norm** (KGA paper §4.2): exclude weight ``j`` when ``|w_{t,j}| < theta``.
+* **delta** (KGA paper §4.2, App. A.5): exclude ``j`` when
+  ``|d_{i,j}| < theta`` for each of the last ``window`` increments.
+* **KWM** (KGA paper Eqs. 14-15): from the exact DMD of the increments,
+  ``d_i ~ sum_k lambda_k^i b_k phi_k`` (``i = 0`` the oldest increment in the
+  window), the increments' DMD has the fixed point removed, so the paper's
+  non-neutral contribution to the weight trajectory is recovered per mode as
+  ``w_i - w* = sum_k lambda_k^i b_k / (lambda_k - 1) phi_k``. The score is::
+
+      S_{i,j} = | Re sum_{k non-neutral} lambda_k^i b_k / (1 - lambda_k) phi_{k,j} |,
+
+  the movement weight ``j`` still has ahead of it from the transient (stable
+  and unstable) modes at weight snapshot ``i`` (``w_0`` the oldest snapshot of
+  the window, ``w_m`` the newest), evaluated for the last ``s = window``
+  snapshots ``i = m - s + 1, ..., m``. Weight ``j`` is excluded when
+  ``S_{i,j} < epsilon`` for every one of them. Neutral increment modes
+  (``|lambda| ~ 1``) are a steady drift, not a fixed point: with
+  ``drift=True`` (default, a deliberate deviation) a weight whose drift per
+  snapshot ``|Re sum_{k neutral} lambda_k^m b_k phi_{k,j}|`` reaches
+  ``epsilon`` is kept too; the paper's raw-weight DMD would lump that drift
+  with the fixed point and mask the weight.
+
+Masks are stateless; callers make them monotone with :func:`update`
+(``excluded <- excluded | criterion``), as the KGA paper's Algorithm 2 does
+for KWM. :func:`koopax.kga` (``mask=``) keeps the set of accelerated weights
+shrinking only.
+
+**Compaction.** Multiplying by a 0/1 mask saves nothing under ``jit``. The
+cost shrinks only when the arrays shrink, so each mask carries a static
+``capacity``: every parameter leaf of size ``n_l`` gets ``c_l`` slots
+(``c_l = ceil(f n_l)`` for a fraction ``f``, rounded up to a multiple of
+128 and capped at ``n_l``; an int capacity ``C`` means ``f = C / N``). The
+kept weights' positions in the raveled leaf are gathered with
+:func:`compact_indices` into a sorted int32 vector of length ``c_l``
+(padding ``n_l``, out of range, so gathers fill 0 and scatters drop), and
+the Koopman algebra runs on the compact view (a tuple of 1-D leaves): kept
+weights beyond the capacity are treated as masked and counted as overflow.
+Compaction is per leaf: no parameter tree is ever flattened or concatenated.
+
+References:
+  Anonymous, *Dynamic Training Guided by Training Dynamics* (KGA, KWM),
+  OpenReview 7AB077M4TY, 2024, §3.3, §4.2, App. A.5, Eqs. 14-15.
+  Tu, Rowley, Luchtenburg, Brunton, Kutz, `On dynamic mode decomposition:
+  theory and applications <https://arxiv.org/abs/1312.0041>`_, JCD 2014.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from koopax._src import linalg, tree_math, validation
+from koopax._src.dmd import classify_eigenvalues, gram_operator
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+# Per-leaf capacities are rounded up to a multiple of this (bucket sizes).
+CAPACITY_BUCKET = 128
+
+
+class MaskInputs(NamedTuple):
+    """What a mask criterion looks at, all in one coordinate system.
+
+    The pytrees are either parameter-shaped or compact views (a tuple of 1-D
+    leaves from :func:`gather`); criteria act entry-wise, so both work.
+
+    Attributes:
+      params: the current weights ``w_t``.
+      increments: tuple of ``m`` pytrees ``d_{t-m}, ..., d_{t-1}``, oldest first.
+      gram: ``(m, m)`` float32 ``<d_i, d_j>``.
+    """
+
+    params: Any
+    increments: tuple
+    gram: jax.Array
+
+
+class Mask(NamedTuple):
+    """A weight mask: a pure criterion plus the static compaction settings.
+
+    Attributes:
+      name: ``"norm"``, ``"delta"`` or ``"kwm"``.
+      exclude: ``exclude(inputs: MaskInputs) -> pytree of bool`` shaped like
+        ``inputs.params``; True excludes the weight.
+      capacity: static bound on the accelerated weights: a float in (0, 1]
+        (fraction of every leaf) or an int >= 1 (number of weights).
+      min_snapshots: snapshots the criterion needs (``m + 1`` with ``m`` the
+        number of increments).
+      start: snapshots before the first decision (``None``: as soon as the
+        consumer's window is full).
+      every: snapshots between decisions after the first.
+    """
+
+    name: str
+    exclude: Callable[[MaskInputs], Any]
+    capacity: int | float
+    min_snapshots: int
+    start: int | None
+    every: int
+
+
+# --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_threshold(name, value):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) \
+            or not 0.0 <= float(value) < float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}.")
+
+
+def _check_common(capacity, start, every):
+    validate_capacity(capacity)
+    if start is not None and (not _is_int(start) or start < 1):
+        raise ValueError(f"start must be None or an int >= 1; got {start!r}.")
+    if not _is_int(every) or every < 1:
+        raise ValueError(f"every must be an int >= 1; got {every!r}.")
+
+
+def validate_capacity(capacity):
+    """Checks a capacity: a float in (0, 1] or an int >= 1."""
+    if _is_int(capacity):
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1 when an int; got {capacity}.")
+        return
+    if isinstance(capacity, numbers.Real) and not isinstance(capacity, bool):
+        if not 0.0 < float(capacity) <= 1.0:
+            raise ValueError(f"capacity must lie in (0, 1] when a float; got {capacity}.")
+        return
+    raise ValueError(f"capacity must be a float in (0, 1] or an int >= 1; got {capacity!r}.")
+
+
+# --------------------------------------------------------------------------
+# Criteria
+# --------------------------------------------------------------------------
+
+
+def norm(threshold, *, capacity=1.0, start=None, every=1) -> Mask:
+    """Norm masking: exclude weight ``j`` when ``|w_j| < threshold``.
+
+    Args:
+      threshold: finite number >= 0 (``0`` excludes nothing).
+      capacity: static compaction bound (see :class:`Mask`); ``1.0`` keeps
+        room for every weight (no saving, no overflow).
+      start: snapshots before the first decision (None: when the window fills).
+      every: snapshots between decisions.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> inputs = masks.MaskInputs(params={"w": jnp.array([0.05, -0.5, 2.0])},
+      ...                           increments=(), gram=jnp.zeros((0, 0)))
+      >>> masks.norm(0.1).exclude(inputs)["w"].tolist()
+      [True, False, False]
+    """
+    _check_threshold("threshold", threshold)
+    _check_common(capacity, start, every)
+    thr = float(threshold)
+
+    def exclude(inputs):
+        return jax.tree.map(lambda w: jnp.abs(w) < thr, inputs.params)
+
+    return Mask("norm", exclude, capacity, 1, start, every)
+
+
+def delta(threshold, window=5, *, capacity=1.0, start=None, every=1) -> Mask:
+    """Delta masking: exclude ``j`` when ``|d_{i,j}| < threshold`` for each of the last ``window``.
+
+    Args:
+      threshold: finite number >= 0 (``0`` excludes nothing).
+      window: int >= 1, the number of trailing increments that must all be small.
+      capacity, start, every: as in :func:`norm`.
+
+    Examples:
+      Weight 0 moved less than ``1e-3`` in both increments, weights 1 and 2 in
+      one of them only:
+
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> increments = ({"w": jnp.array([1e-4, 1e-4, 0.3])}, {"w": jnp.array([1e-4, 0.2, 1e-4])})
+      >>> inputs = masks.MaskInputs(params={"w": jnp.ones(3)}, increments=increments,
+      ...                           gram=jnp.zeros((2, 2)))
+      >>> mask = masks.delta(1e-3, window=2)
+      >>> mask.exclude(inputs)["w"].tolist(), mask.min_snapshots
+      ([True, False, False], 3)
+    """
+    _check_threshold("threshold", threshold)
+    validation.integer(window, "window", low=1)
+    _check_common(capacity, start, every)
+    thr = float(threshold)
+
+    def exclude(inputs):
+        if len(inputs.increments) < window:
+            raise ValueError(
+                f"delta mask: window={window} needs at least {window} increments; "
+                f"got {len(inputs.increments)}.")
+        recent = inputs.increments[-window:]
+        return jax.tree.map(
+            lambda *ds: jnp.all(jnp.stack([jnp.abs(d) < thr for d in ds]), axis=0), *recent)
+
+    return Mask("delta", exclude, capacity, window + 1, start, every)
+
+
+def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None, rcond=None,
+               drift=True):
+    """KWM scores ``max_i S_{i,j}`` over the last ``window`` snapshots (module docstring).
+
+    Returns a float32 pytree shaped like ``inputs.params``: weight ``j`` is
+    excluded by :func:`kwm` when its score is below ``epsilon``.
+    """
+    if not _is_int(window) or window < 1:
+        raise ValueError(f"window must be an int >= 1; got {window!r}.")
+    if not 0.0 <= float(neutral_epsilon) < 1.0:
+        raise ValueError(f"neutral_epsilon must lie in [0, 1); got {neutral_epsilon}.")
+    linalg.validate_rank(rank)
+    incs = tuple(inputs.increments)
+    m = len(incs)
+    if m < 3:
+        raise ValueError(f"kwm needs at least 3 increments (4 snapshots); got {m}.")
+    if window > m + 1:
+        raise ValueError(f"window must be <= the number of snapshots {m + 1}; got {window}.")
+    k = m - 1
+    gram = jnp.asarray(inputs.gram, jnp.float32)
+    num_features = tree_math.tree_size(incs[0])
+    red = gram_operator(gram, rank=rank, num_features=num_features, rcond=rcond)
+    values, vectors = linalg.eig(red.operator, red.rank)
+    valid = jnp.arange(k) < red.rank
+    cdt = values.dtype
+    # Exact modes Phi = Y (V S^-1 Q), Y = [d_1 ... d_{m-1}].
+    coef = jnp.matmul((red.right_vectors * red.inverse_singular_values).astype(cdt), vectors,
+                      precision=_HIGHEST)
+    coef = jnp.where(valid[None, :], coef, 0)
+    # Amplitudes b = Phi^+ d_0 through the normal equations on the Gram matrix.
+    gc = gram.astype(cdt)
+    normal = jnp.matmul(jnp.matmul(coef.conj().T, gc[1:, 1:], precision=_HIGHEST), coef,
+                        precision=_HIGHEST)
+    normal = jnp.where(valid[:, None] & valid[None, :], normal, jnp.eye(k, dtype=cdt))
+    rhs = jnp.where(valid, jnp.matmul(coef.conj().T, gc[1:, 0], precision=_HIGHEST), 0)
+    amps = jnp.where(valid, jnp.linalg.solve(normal, rhs), 0)
+    classes = classify_eigenvalues(values, neutral_epsilon, valid)
+    transient = classes.stable | classes.unstable
+    denom = jnp.where(transient, 1.0 - values, 1.0)
+    displacement = jnp.where(transient, amps / denom, 0)
+    columns = incs[1:]
+    like = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, tree_math.accumulation_dtype(x.dtype)), incs[0])
+
+    def magnitude(weights):
+        c = jnp.real(jnp.matmul(coef, weights, precision=_HIGHEST)).astype(jnp.float32)
+        c = jnp.where(jnp.isfinite(c), c, 0.0)
+        return jax.tree.map(jnp.abs, tree_math.tree_combination(columns, c, like=like))
+
+    score = None
+    for i in range(m - window + 1, m + 1):
+        s_i = magnitude(values ** i * displacement)
+        score = s_i if score is None else jax.tree.map(jnp.maximum, score, s_i)
+    if drift:
+        steady = jnp.where(classes.neutral, values ** m * amps, 0)
+        score = jax.tree.map(jnp.maximum, score, magnitude(steady))
+    return jax.tree.map(lambda s: s.astype(jnp.float32), score)
+
+
+def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift=True,
+        relative=False, capacity=1.0, start=None, every=1) -> Mask:
+    """Koopman-based weight masking (KGA paper Eqs. 14-15).
+
+    Args:
+      epsilon: finite number >= 0: weights whose score (module docstring) stays
+        below it for the last ``window`` snapshots are excluded.
+      window: ``s``, snapshots the score must stay small for (paper: 5). Needs
+        a DMD window of at least ``max(window, 4)`` snapshots.
+      neutral_epsilon: half-width of the neutral band ``|1 - |lambda|| <= eps``.
+      rank, rcond: DMD rank policy and noise floor (as :func:`koopax.exact_dmd`).
+      drift: also keep weights whose steady (neutral-mode) drift per snapshot
+        reaches ``epsilon``.
+      relative: if True, the threshold is ``epsilon * rms(d_m)``, the
+        root-mean-square of the newest increment over the weights being scored,
+        instead of the absolute ``epsilon``: weight ``j`` is dropped when the
+        movement it still has ahead is below ``epsilon`` times a typical
+        weight's movement per snapshot. The absolute threshold of the paper
+        depends on the learning rate and the parameterization (1e-2 keeps most
+        of an MNIST-1D MLP's weights and none of a z=x^2+y^2 MLP's at a small
+        learning rate); the relative one does not. On re-evaluation in compact
+        mode the reference is the rms over the weights still kept.
+      capacity, start, every: as in :func:`norm`.
+
+    Examples:
+      The increments of weight 0 decay geometrically (``lambda = 0.5``: it
+      still has ``0.5 + 0.25 + ... = 1`` to go from the oldest scored
+      snapshot), weight 1 never moves; KWM excludes weight 1 only:
+
+      >>> import jax, jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> d = jnp.array([[0.5 ** i, 0.0] for i in range(5)])  # d_0, ..., d_4
+      >>> inputs = masks.MaskInputs(params={"w": jnp.ones(2)},
+      ...                           increments=tuple({"w": row} for row in d), gram=d @ d.T)
+      >>> jax.jit(masks.kwm(1e-3).exclude)(inputs)["w"].tolist()
+      [False, True]
+    """
+    _check_threshold("epsilon", epsilon)
+    validation.integer(window, "window", low=1)
+    _check_common(capacity, start, every)
+    validation.number(neutral_epsilon, "neutral_epsilon", low=0.0, high=1.0,
+                      what="a number in [0, 1)")
+    linalg.validate_rank(rank)
+    validation.optional_fraction(rcond, "rcond")
+    validation.boolean(relative, "relative")
+    validation.boolean(drift, "drift")
+    eps = float(epsilon)
+
+    def exclude(inputs):
+        scores = kwm_scores(inputs, window=window, neutral_epsilon=neutral_epsilon, rank=rank,
+                            rcond=rcond, drift=drift)
+        threshold = eps
+        if relative:
+            newest = inputs.increments[-1]
+            mean_square = inputs.gram[-1, -1] / tree_math.tree_size(newest)
+            threshold = eps * jnp.sqrt(jnp.asarray(mean_square, jnp.float32))
+        return jax.tree.map(lambda s: s < threshold, scores)
+
+    return Mask("kwm", exclude, capacity, max(window, 4), start, every)
+
+
+def init(params):
+    """An empty excluded set: a bool pytree shaped like ``params``, all False."""
+    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), bool), params)
+
+
+def update(mask: Mask, excluded, inputs: MaskInputs):
+    """Monotone update ``excluded | mask.exclude(inputs)``: the excluded set only grows.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> excluded = masks.init({"w": jnp.zeros(3)})
+      >>> for w in ([0.05, 0.5, 2.0], [0.5, 0.05, 2.0]):
+      ...     inputs = masks.MaskInputs({"w": jnp.array(w)}, (), jnp.zeros((0, 0)))
+      ...     excluded = masks.update(masks.norm(0.1), excluded, inputs)
+      ...     print(excluded["w"].tolist())
+      [True, False, False]
+      [True, True, False]
+    """
+    if not isinstance(mask, Mask):
+        raise ValueError(f"mask must be a koopax.masks.Mask; got {type(mask).__name__}.")
+    return jax.tree.map(jnp.logical_or, excluded, mask.exclude(inputs))
+
+
+# --------------------------------------------------------------------------
+# Compaction
+# --------------------------------------------------------------------------
+
+
+def leaf_capacities(capacity, params) -> tuple:
+    """Static per-leaf slot counts for ``capacity`` (see the module docstring).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> params = {"a": jnp.zeros(1000), "b": jnp.zeros(100)}
+      >>> masks.leaf_capacities(0.1, params)  # ceil(0.1 n), up to a multiple of 128, <= n
+      (128, 100)
+      >>> masks.leaf_capacities(550, params)  # an int: the same fraction 550 / 1100 per leaf
+      (512, 100)
+    """
+    validate_capacity(capacity)
+    sizes = [int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(params)]
+    total = sum(sizes)
+    if any(n >= 2**30 for n in sizes):
+        raise ValueError("params: leaves of 2**30 entries or more are not supported by masks.")
+    if _is_int(capacity):
+        if capacity >= total:
+            return tuple(sizes)
+        fraction = capacity / total
+    else:
+        fraction = float(capacity)
+    caps = []
+    for n in sizes:
+        c = math.ceil(fraction * n)
+        c = math.ceil(c / CAPACITY_BUCKET) * CAPACITY_BUCKET
+        caps.append(min(n, c))
+    return tuple(caps)
+
+
+def padding_indices(n, cap):
+    # Padding slots hold the out-of-range index ``n``: a gather in fill mode
+    # reads 0 there and a scatter drops them. One repeated value (not
+    # ``n + j``) keeps the vector free of iota constants, which XLA would
+    # otherwise materialize on every step (hoisted out of the gated loops).
+    return jnp.full((cap,), n, jnp.int32)
+
+
+_MODES = {"fill": jax.lax.GatherScatterMode.FILL_OR_DROP,
+          "clip": jax.lax.GatherScatterMode.CLIP}
+
+
+def _gather_1d(x, idx, mode):
+    """``x[idx]`` for a 1-D ``x`` and sorted, non-negative int32 ``idx``.
+
+    ``lax.gather`` directly: ``jnp`` indexing would add a pass that wraps
+    negative indices, which these never are. ``mode="fill"`` reads 0 at
+    out-of-range (padding) indices; ``"clip"`` reads ``x[n - 1]`` there, for
+    callers that multiply padding by stored zeros anyway (no mask pass).
+    """
+    dims = jax.lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,),
+                                          start_index_map=(0,))
+    return jax.lax.gather(x, idx[:, None], dims, (1,), mode=_MODES[mode],
+                          fill_value=0 if mode == "fill" else None, indices_are_sorted=True)
+
+
+def gather_rows(rows, idx):
+    """``rows[:, idx]`` for ``(m, n)`` rows, 0 at out-of-range (padding) indices."""
+    return jax.vmap(lambda r: _gather_1d(r, idx, "fill"))(rows)
+
+
+def compact_indices(keep, capacities):
+    """Positions of the kept weights in every raveled leaf, at most ``capacities[l]`` each.
+
+    Args:
+      keep: bool pytree (True = accelerate).
+      capacities: static per-leaf slot counts (:func:`leaf_capacities`).
+
+    Returns:
+      ``(indices, num_kept, num_wanted)``: a tuple of sorted int32 vectors
+      (kept positions unique, then padding ``n_l``, out of range, repeated),
+      the int32 number of weights that fit and
+      the number the criterion kept (their difference is the overflow; the
+      first kept weights of a leaf in raveled order fit).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> keep = {"w": jnp.array([True, False, True, True])}
+      >>> indices, num_kept, num_wanted = masks.compact_indices(keep, (2,))
+      >>> indices[0].tolist(), int(num_kept), int(num_wanted)  # room for 2 of 3
+      ([0, 2], 2, 3)
+      >>> masks.compact_indices(keep, (4,))[0][0].tolist()  # padding: 4, out of range
+      [0, 2, 3, 4]
+    """
+    leaves = jax.tree.leaves(keep)
+    if len(leaves) != len(capacities):
+        raise ValueError(
+            f"capacities must have one entry per leaf ({len(leaves)}); got {len(capacities)}.")
+    out, fit, wanted = [], jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
+    for leaf, cap in zip(leaves, capacities):
+        flat = jnp.ravel(leaf).astype(bool)
+        n = flat.shape[0]
+        count = jnp.sum(flat, dtype=jnp.int32)
+        out.append(jnp.nonzero(flat, size=cap, fill_value=n)[0].astype(jnp.int32))
+        fit = fit + jnp.minimum(count, cap)
+        wanted = wanted + count
+    return tuple(out), fit, wanted
+
+
+def recompact(indices, keep, sizes):
+    """Shrinks compact ``indices`` to the entries where the compact ``keep`` is True.
+
+    Returns ``(new_indices, positions, num_kept)``: ``positions[l]`` are the
+    slots of the old compact vectors that survive (padding out of range), for
+    :func:`take` on every stored compact vector.
+    """
+    new, positions, total = [], [], jnp.zeros((), jnp.int32)
+    for idx, kp, n in zip(indices, keep, sizes):
+        cap = idx.shape[0]
+        kp = kp & (idx < n)
+        count = jnp.sum(kp, dtype=jnp.int32)
+        pos = jnp.nonzero(kp, size=cap, fill_value=cap)[0].astype(jnp.int32)
+        # Past ``count`` the positions are ``cap`` (out of range): padding ``n``.
+        new.append(jnp.where(pos < cap, _gather_1d(idx, pos, "clip"), n))
+        positions.append(pos)
+        total = total + count
+    return tuple(new), tuple(positions), total
+
+
+def take(compact, positions):
+    """``compact[l][positions[l]]`` per leaf, 0 where a position is out of range."""
+    return tuple(_gather_1d(c, p, "fill") for c, p in zip(compact, positions))
+
+
+def gather(tree, indices, *, padding="zero"):
+    """The compact view of ``tree``: a tuple of ``(c_l,)`` leaves.
+
+    ``padding="zero"`` reads 0 at padding slots; ``"any"`` leaves them
+    unspecified (one pass less; for products with vectors that are 0 there).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> indices = (jnp.array([1, 3, 4], jnp.int32),)  # 4 is padding
+      >>> masks.gather({"w": jnp.array([10.0, 20.0, 30.0, 40.0])}, indices)[0].tolist()
+      [20.0, 40.0, 0.0]
+    """
+    modes = {"zero": "fill", "any": "clip"}
+    if padding not in modes:
+        raise ValueError(f"padding must be 'zero' or 'any'; got {padding!r}.")
+    mode = modes[padding]
+    return tuple(_gather_1d(jnp.ravel(x), i, mode)
+                 for x, i in zip(jax.tree.leaves(tree), indices, strict=True))
+
+
+def scatter_add(tree, indices, compact):
+    """``tree`` with ``compact`` added at ``indices`` (padding dropped).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> indices = (jnp.array([1, 3, 4], jnp.int32),)  # 4 is padding
+      >>> tree = {"w": jnp.array([10.0, 20.0, 30.0, 40.0])}
+      >>> masks.scatter_add(tree, indices, (jnp.array([1.0, 2.0, 99.0]),))["w"].tolist()
+      [10.0, 21.0, 30.0, 42.0]
+    """
+    dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
+                                           scatter_dims_to_operand_dims=(0,))
+    leaves, treedef = jax.tree.flatten(tree)
+    out = [
+        jax.lax.scatter_add(jnp.ravel(x), i[:, None], c.astype(x.dtype), dims,
+                            indices_are_sorted=True,
+                            mode=jax.lax.GatherScatterMode.FILL_OR_DROP).reshape(x.shape)
+        for x, i, c in zip(leaves, indices, compact, strict=True)]
+    return jax.tree.unflatten(treedef, out)
+
+
+def kept(indices, params):
+    """Bool pytree shaped like ``params``: True where a weight is in ``indices``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> indices = (jnp.array([1, 3, 4], jnp.int32),)  # 4 is padding
+      >>> masks.kept(indices, {"w": jnp.zeros(4)})["w"].tolist()
+      [False, True, False, True]
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    out = [
+        jnp.zeros(x.size, bool).at[i].set(True, mode="drop").reshape(jnp.shape(x))
+        for x, i in zip(leaves, indices, strict=True)]
+    return jax.tree.unflatten(treedef, out)

@@ -1,0 +1,1 @@
+"""PDT: the engine, the jump, the rise policies and the authors' scheduler."""
