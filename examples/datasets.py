@@ -683,16 +683,17 @@ def synthetic_images(
 #: The standard-library modules whose docstrings make :func:`stdlib_corpus`, in
 #: order (pure-Python modules shipped with every CPython build; no GUI toolkit).
 STDLIB_CORPUS_MODULES = tuple(sorted("""
-    argparse ast asyncio.base_events asyncio.events asyncio.streams asyncio.tasks base64 bisect calendar cmd codecs
-    collections configparser contextlib copy csv dataclasses datetime decimal difflib
-    doctest email.headerregistry email.message email.policy email.utils enum fractions ftplib functools getopt gettext glob gzip
-    heapq hmac html.parser http.client http.cookiejar http.server imaplib inspect ipaddress
-    itertools json logging mailbox multiprocessing.managers multiprocessing.pool numbers operator optparse os pathlib pdb pickle
-    pickletools platform poplib pprint pydoc queue random re sched selectors shlex shutil
-    smtplib socket statistics string subprocess tarfile tempfile textwrap threading
-    timeit tokenize trace traceback typing unittest.case unittest.mock urllib.parse
-    urllib.request uuid warnings wave weakref xml.dom.minidom xml.etree.ElementTree
-    zipfile zipimport zoneinfo
+    argparse ast asyncio.base_events asyncio.events asyncio.streams asyncio.tasks base64
+    bisect calendar cmd codecs collections configparser contextlib copy csv dataclasses
+    datetime decimal difflib doctest email.headerregistry email.message email.policy
+    email.utils enum fractions ftplib functools getopt gettext glob gzip heapq hmac
+    html.parser http.client http.cookiejar http.server imaplib inspect ipaddress
+    itertools json logging mailbox multiprocessing.managers multiprocessing.pool numbers
+    operator optparse os pathlib pdb pickle pickletools platform poplib pprint pydoc
+    queue random re sched selectors shlex shutil smtplib socket statistics string
+    subprocess tarfile tempfile textwrap threading timeit tokenize trace traceback
+    typing unittest.case unittest.mock urllib.parse urllib.request uuid warnings wave
+    weakref xml.dom.minidom xml.etree.ElementTree zipfile zipimport zoneinfo
 """.split()))
 #: The vocabulary entry (id 0) of a character absent from the training text.
 UNK = "<unk>"

@@ -2,8 +2,8 @@
 
 A *method* is a koopax transformation chained after a base optimizer
 (``optax.chain(base, method)``); ``'control'`` is the one that is not koopax: the
-no-DMD control :func:`examples.controls.period_extrapolation`. Every entry of :data:`METHODS` names its koopax
-constructor and the options it accepts: the constructor's own keyword
+no-DMD control :func:`examples.controls.period_extrapolation`. Every entry of
+:data:`METHODS` names its constructor and the options it accepts: the constructor's own keyword
 arguments (read from its signature, so a new koopax argument such as
 ``apply_every`` is accepted as soon as the library has it) plus the options the
 harness reads itself (``kwm_*`` for the mask of ``kga_kwm``). Options are
@@ -41,6 +41,7 @@ __all__ = [
     "DIAGNOSTIC_KEYS",
     "METHODS",
     "SCHEDULES",
+    "SCHEDULE_FREE",
     "Method",
     "build_optimizer",
     "eval_params",
@@ -52,7 +53,9 @@ __all__ = [
     "warmup_steps",
 ]
 
-BASE_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "schedule_free_adamw")
+#: The schedule-free base (``optax.contrib.schedule_free_adamw``).
+SCHEDULE_FREE = "schedule_free_adamw"
+BASE_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", SCHEDULE_FREE)
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 #: Fraction of the run spent warming up: the ``'warmup_cosine'`` schedule's linear
 #: ramp, and schedule-free AdamW's own warmup under that schedule.
@@ -117,7 +120,7 @@ def make_base_optimizer(name: str, learning_rate: float, *, schedule: str = "con
         if total_steps is None:
             raise ValueError(f"total_steps is required with schedule={schedule!r}.")
         check_positive(total_steps, "total_steps", integer=True)
-    if name == "schedule_free_adamw":
+    if name == SCHEDULE_FREE:
         # No warmup is ``None``: optax 0.2.8 turns ``warmup_steps=0`` into a schedule that
         # stays at 0 (the optimizer never moves).
         warmup = warmup_steps(total_steps) if schedule == "warmup_cosine" else None

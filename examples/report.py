@@ -5,12 +5,13 @@ epoch-mean training loss; a run reaches it at the first epoch whose epoch-mean
 training loss is ``<=`` the target. With ``results['target'] == 'test_loss'``
 (``Config(target='test_loss')``) both are the loss on the test (validation)
 split after each epoch instead; every summary row records which
-(``target_on``) and the table's headers say it (``tgt(train)``, ``tgt(val)``). A seed that never reaches it counts as
-infinitely late, so a median reads 'not reached' when half or more of the
-seeds miss it. Two ratios to the base are reported: the ratio of the medians
-over seeds (``epochs_ratio``, ``time_ratio``, the table's ``x base``) and the
-per-seed (paired) ratios with their median, min and max
-(``epochs_ratio_paired``, ``time_ratio_paired``).
+(``target_on``) and the table's headers say it (``tgt(train)``,
+``tgt(val)``). A seed that never reaches it counts as infinitely late, so a
+median reads 'not reached' when half or more of the seeds miss it. Two ratios
+to the base are reported: the ratio of the medians over seeds
+(``epochs_ratio``, ``time_ratio``, the table's ``x base``) and the per-seed
+(paired) ratios with their median, min and max (``epochs_ratio_paired``,
+``time_ratio_paired``).
 """
 
 from __future__ import annotations
@@ -357,8 +358,9 @@ def save_plots(results, output_dir, *, task="classification") -> list[str]:
 
     ``loss_vs_epoch.png``, ``loss_vs_time.png``, ``test_metric.png``,
     ``test_loss_vs_epoch.png`` when the target is on the test (validation) loss
-    (and the test metric is an accuracy), and where a row has them ``eigenvalues.png`` (KGA), ``accepted_ratio.png`` (PDT and
-    the prediction baselines) and ``masked_fraction.png`` (KGA masks).
+    (and the test metric is an accuracy), and where a row has them
+    ``eigenvalues.png`` (KGA), ``accepted_ratio.png`` (PDT and the prediction
+    baselines) and ``masked_fraction.png`` (KGA masks).
     """
     figs = _Figures(results, output_dir)
     figs.curves("loss_vs_epoch.png", "train_loss", "epoch", "train loss")

@@ -206,6 +206,12 @@ class Config:
             raise ValueError(f"extra_rows: row {name!r} has options but no method.")
         return out
 
+    def row_names(self) -> list[str]:
+        """The rows :func:`train_and_evaluate` trains, in order: ``'base'``, the
+        ``base@f*lr`` rows, the methods, the extra rows."""
+        return ["base", *map(base_lr_name, self.base_lr_factors), *self.methods,
+                *self.extra_rows]
+
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
 
