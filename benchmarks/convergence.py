@@ -190,15 +190,17 @@ def pair_name(task: str, base: str, args) -> str:
     return f"{task}_{base}" + ("" if args.schedule == "constant" else f"_{args.schedule}")
 
 
-def run_or_load(config: Config, workdir: str, args) -> dict[str, Any] | None:
+def run_or_load(config: Config, workdir: str, args, *, complete: bool = False
+                ) -> dict[str, Any] | None:
     """The results of ``config`` in ``workdir``: read from disk, else trained (unless
-    ``--collect``: then ``None``). Results on disk that lack a row of ``config``
-    (:meth:`examples.train.Config.row_names`; from an older suite) are trained again."""
+    ``--collect``: then ``None``). ``complete``: results on disk that lack a row of
+    ``config`` (:meth:`examples.train.Config.row_names`, e.g. a method added since)
+    count as missing."""
     path = os.path.join(workdir, "results.json")
     if os.path.exists(path) and not args.rerun:
         with open(path) as f:
             results = json.load(f)
-        if set(config.row_names()) <= set(results["names"]):
+        if not complete or set(config.row_names()) <= set(results["names"]):
             return results
     if args.collect:
         return None

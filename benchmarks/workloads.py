@@ -67,7 +67,8 @@ if __package__ in (None, ""):  # `python benchmarks/workloads.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import default_output_dir  # noqa: E402
-from benchmarks.convergence import _cell, _comma_list, _spread, run_or_load  # noqa: E402
+from benchmarks import convergence  # noqa: E402
+from benchmarks.convergence import _cell, _comma_list, _spread  # noqa: E402
 from examples import methods as registry  # noqa: E402
 from examples import report, tune  # noqa: E402
 from examples.compare import nonnegative_float, positive_int  # noqa: E402
@@ -151,6 +152,12 @@ def task_config(task: str, base: str, args, *, optimizer: str | None = None,
     if args.quick:
         config = config.quick().replace(epochs=2)
     return config
+
+
+def run_or_load(config: Config, workdir: str, args) -> dict[str, Any]:
+    """:func:`benchmarks.convergence.run_or_load`; results on disk lacking a row of
+    ``config`` (another ``--methods`` or ``--betas``) are trained again."""
+    return convergence.run_or_load(config, workdir, args, complete=True)
 
 
 def _dir(args, *parts) -> str:

@@ -69,3 +69,25 @@ def test_quick_run_writes_json_and_markdown_and_reuses_runs(tmp_path, monkeypatc
 
     monkeypatch.setattr("benchmarks.convergence.train_and_evaluate", no_training)
     assert workloads.main(argv)["rows"] == out["rows"]
+
+
+def test_results_lacking_a_row_are_trained_again(tmp_path, monkeypatch):
+    args = workloads.parse_args(["--output-dir", str(tmp_path)])
+    config = workloads.task_config("vit", "adam", args, methods=("kga",))
+    (tmp_path / "results.json").write_text(json.dumps({"names": ["base"]}))
+    trained = []
+
+    def fake(config, workdir):
+        trained.append(workdir)
+        (tmp_path / "results.json").write_text(json.dumps({"names": config.row_names()}))
+
+    monkeypatch.setattr("benchmarks.convergence.train_and_evaluate", fake)
+    assert workloads.run_or_load(config, str(tmp_path), args)["names"] == ["base", "kga"]
+    assert trained == [str(tmp_path)]
+    workloads.run_or_load(config, str(tmp_path), args)     # complete now: loaded
+    assert trained == [str(tmp_path)]
+    # The convergence suite keeps loading what is on disk.
+    more = config.replace(methods=("kga", "pdt"))
+    assert workloads.convergence.run_or_load(more, str(tmp_path), args)["names"] == [
+        "base", "kga"]
+    assert trained == [str(tmp_path)]
