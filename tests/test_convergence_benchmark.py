@@ -131,7 +131,8 @@ def _fake_results(config):
     return report.sanitize(results)
 
 
-def test_tune_sweeps_to_the_interior_best_and_reports_against_it(tmp_path, monkeypatch):
+def _fake_training(monkeypatch):
+    """Replaces the suite's training by :func:`_fake_results`; returns the calls made."""
     calls = []
 
     def fake(config, workdir):
@@ -141,6 +142,11 @@ def test_tune_sweeps_to_the_interior_best_and_reports_against_it(tmp_path, monke
             json.dump(_fake_results(config), f)
 
     monkeypatch.setattr(convergence, "train_and_evaluate", fake)
+    return calls
+
+
+def test_tune_sweeps_to_the_interior_best_and_reports_against_it(tmp_path, monkeypatch):
+    calls = _fake_training(monkeypatch)
     argv = ["--tune", "--tasks", "digits_mlp", "--bases", "sgd", "--methods", "kga",
             "--seeds", "3", "--no-plots", "--no-alternatives", "--output-dir", str(tmp_path)]
     out = convergence.main(argv)
@@ -175,15 +181,7 @@ def test_tune_sweeps_to_the_interior_best_and_reports_against_it(tmp_path, monke
 def test_tune_adds_the_control_and_schedule_free_rows(tmp_path, monkeypatch):
     from examples.methods import SCHEDULE_FREE
 
-    calls = []
-
-    def fake(config, workdir):
-        calls.append((config, workdir))
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(_fake_results(config), f)
-
-    monkeypatch.setattr(convergence, "train_and_evaluate", fake)
+    calls = _fake_training(monkeypatch)
     argv = ["--tune", "--tasks", "digits_mlp", "--bases", "sgd", "--methods", "kga",
             "--seeds", "3", "--no-plots", "--output-dir", str(tmp_path)]
     out = convergence.main(argv)

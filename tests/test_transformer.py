@@ -9,12 +9,8 @@ from flax import nnx
 from examples.models import CharTransformer, count_params, create_model, transformer_param_count
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# Tiny models compile much faster without XLA's optimisation passes.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def test_full_size_parameter_count_matches_the_formula():
