@@ -287,3 +287,17 @@ def test_tune_control_beta_prefers_epochs_then_loss():
     assert rows["control@2"] == dict(optimizer="adam", learning_rate=1e-3, method="control",
                                      options={"beta": 2.0})
     assert train.Config(extra_rows=rows).extra_rows["control@0.5"]["options"] == {"beta": 0.5}
+
+
+def test_cli_spells_the_new_fields():
+    from examples import compare
+
+    _, config = compare.parse_args([
+        "--dataset", "text", "--model", "transformer", "--optimizer", "schedule_free_adamw",
+        "--schedule", "warmup_cosine", "--steps-per-epoch", "50", "--target", "test_loss",
+        "--methods", "kga,control", "--set", "control.beta=2"])
+    assert (config.dataset, config.model, config.optimizer, config.schedule) == (
+        "text", "transformer", "schedule_free_adamw", "warmup_cosine")
+    assert config.steps_per_epoch == 50 and config.target == "test_loss"
+    assert config.options == {"control": {"beta": 2}}
+    assert "validation (test) loss" in compare.headline(config, dict(steps_per_epoch=50))

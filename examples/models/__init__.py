@@ -155,10 +155,11 @@ def create_model(
               the image with at least 4 patches      least 128 px, else 4
               per side
     conv_vae  channels ``(4, 8)``, latent 4          channels ``(16, 32)``, latent 16
-    trans-    d_model 16, depth 1, 2 heads           d_model 64, depth 2, 4 heads
-    former    (MLP 4x, context ``input_shape[0]``)   (MLP 4x; 117,092 parameters at
-                                                     context 64 and 100 tokens)
     ========  =====================================  ===============================
+
+    ``transformer``: ``d_model`` 16, 1 block, 2 heads (``'tiny'``); ``d_model`` 64,
+    2 blocks, 4 heads (``'full'``: 117,092 parameters at context 64 and 100
+    tokens); MLP 4x, context ``input_shape[0]``.
 
     The MLP flattens its input (``in_features = prod(input_shape)``); ``mlp`` is
     the only name that also serves regression (``num_classes`` is then the number
