@@ -33,8 +33,9 @@ task x base:
 The target of a seed is the tuned base's best validation loss over the run
 (``Config(target='test_loss')``). Per row: the median [min, max] over seeds of the
 ratio of steps and of wall time to reach it (row / tuned base in the same seed;
-time is training only: compilation and evaluation are excluded), the seeds that
-reach it, the final validation loss and its difference from the base's, the best
+steps are counted in evaluation blocks, 50 steps for char_lm and one 44-step epoch
+for vit; time is training only: compilation and evaluation are excluded), the
+seeds that reach it, the final validation loss and its difference from the base's, the best
 validation loss and the compile time.
 
 Cost on 2 CPU cores: one full ``char_lm`` run (1500 steps, adamw) trains in about
