@@ -26,6 +26,20 @@ best loss over the tuned base's; medians over seeds with min and max. Goals of
 issue 11: median time ratio <= 0.75x, median epochs <= 0.70x, no pair worse
 than 1.02x in time, test accuracy within 0.5 points.
 
+Beside the koopax methods, every tuned table has the rows a user could pick
+instead (``--no-alternatives`` leaves them out): the **no-DMD control**
+(:func:`examples.controls.period_extrapolation`, once per epoch ``beta`` times
+the epoch's displacement) and **schedule-free AdamW**
+(``optax.contrib.schedule_free_adamw``). Both come from one more run per pair
+beside the tuned base (``<task>_<base>[_cosine]_alternatives/``): the control at
+every ``beta`` of :data:`examples.tune.CONTROL_BETAS` and schedule-free AdamW at
+its own tuned rate (swept once per task and schedule like the base's, from
+Adam's rate, on its training loss). The table shows the control at the ``beta``
+:func:`examples.tune.tune_control_beta` picks from that run's seeds (a choice on
+the reported seeds: a bias in the control's favour). Schedule-free AdamW's
+training loss is that of the parameters it trains (its gradient points), not of
+the averaged iterate it is evaluated at.
+
 ``--schedule cosine``: the same with ``optax.cosine_decay_schedule`` from the
 rate to 0 over the run (default tasks: the MLP/CNN ones, all but the ViT).
 
@@ -43,8 +57,9 @@ plots; ``sweep/lr_<rate>/`` the sweep's base-only runs), ``<task>_<base>
 [_cosine]_tuned/`` (the run at the tuned rate, when it differs from the
 default), ``convergence[_cosine].{json,md,png}`` (default-rate view) and with
 ``--tune`` ``tuned[_cosine].{json,md,png}`` (headline, sweeps, and the
-default-rate table). Runs already present are reused unless ``--rerun``, so
-the suite can be run in pieces.
+default-rate table), ``<task>_<base>[_cosine]_alternatives/`` and
+``<task>_schedule_free[_cosine]/sweep/lr_<rate>/``. Runs already present are
+reused unless ``--rerun``, so the suite can be run in pieces.
 """
 
 from __future__ import annotations
@@ -61,6 +76,7 @@ if __package__ in (None, ""):  # `python benchmarks/convergence.py`
 
 from benchmarks import default_output_dir  # noqa: E402
 from examples import report, tune  # noqa: E402
+from examples.methods import SCHEDULE_FREE  # noqa: E402
 from examples.compare import positive_float, positive_int  # noqa: E402
 from examples.train import Config, base_lr_name, train_and_evaluate  # noqa: E402
 
@@ -129,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "on top of it; headline = ratios to the tuned base (tuned.md)")
     p.add_argument("--max-doublings", type=positive_int, default=6,
                    help="--tune: most factors of 2 away from the configured rate")
+    p.add_argument("--no-alternatives", dest="alternatives", action="store_false",
+                   help="--tune: leave out the rows of the no-DMD control and of "
+                        "schedule-free AdamW (one more run per pair, and a sweep per task)")
     p.add_argument("--output-dir", help="default benchmarks/results/convergence "
                                          "(under runs/benchmarks_quick with --quick)")
     p.add_argument("--rerun", action="store_true", help="rerun runs whose results exist")
@@ -171,13 +190,18 @@ def pair_name(task: str, base: str, args) -> str:
     return f"{task}_{base}" + ("" if args.schedule == "constant" else f"_{args.schedule}")
 
 
-def run_or_load(config: Config, workdir: str, args) -> dict[str, Any] | None:
+def run_or_load(config: Config, workdir: str, args, *, complete: bool = False
+                ) -> dict[str, Any] | None:
     """The results of ``config`` in ``workdir``: read from disk, else trained (unless
-    ``--collect``: then ``None``)."""
+    ``--collect``: then ``None``). ``complete``: results on disk that lack a row of
+    ``config`` (:meth:`examples.train.Config.row_names`, e.g. a method added since)
+    count as missing."""
     path = os.path.join(workdir, "results.json")
     if os.path.exists(path) and not args.rerun:
         with open(path) as f:
-            return json.load(f)
+            results = json.load(f)
+        if not complete or set(config.row_names()) <= set(results["names"]):
+            return results
     if args.collect:
         return None
     print(f"\n=== {workdir}: {config.dataset}/{config.model} {config.optimizer} "
@@ -223,6 +247,54 @@ def tuned_pair(task: str, base: str, args, default_results):
     results = run_or_load(config, os.path.join(args.output_dir,
                                                pair_name(task, base, args) + "_tuned"), args)
     return None if results is None else (sweep, results)
+
+
+def schedule_free_sweep(task: str, args) -> dict[str, Any] | None:
+    """Schedule-free AdamW's rate sweep on ``task`` (from Adam's rate, scored like the
+    base's), shared by the pairs of the task; ``None`` if ``--collect`` misses a point."""
+    start = TASKS[task]["lr"]["adam"]
+    suffix = "" if args.schedule == "constant" else f"_{args.schedule}"
+    root = os.path.join(args.output_dir, f"{task}_schedule_free{suffix}", "sweep")
+    missing = []
+
+    def score(rate):
+        config = task_config(task, "adam", args, learning_rate=rate, methods=(), factors=())
+        results = run_or_load(config.replace(optimizer=SCHEDULE_FREE, plots=False),
+                              os.path.join(root, f"lr_{rate:g}"), args)
+        if results is None:
+            missing.append(rate)
+            return float("inf")
+        return tune.sweep_score(results)
+
+    sweep = tune.tune_learning_rate(start, score, max_steps=args.max_doublings)
+    return None if missing else sweep
+
+
+def alternatives_pair(task: str, base: str, args, learning_rate: float, sf_sweep):
+    """The control at every beta and schedule-free AdamW beside the tuned base: the
+    run's results and the control's tuned beta (``None`` where ``--collect`` misses)."""
+    rows = dict(tune.control_rows(base, learning_rate),
+                **{SCHEDULE_FREE: dict(optimizer=SCHEDULE_FREE,
+                                       learning_rate=sf_sweep["learning_rate"])})
+    config = task_config(task, base, args, learning_rate=learning_rate, methods=(), factors=())
+    results = run_or_load(config.replace(extra_rows=rows),
+                          os.path.join(args.output_dir,
+                                       pair_name(task, base, args) + "_alternatives"), args)
+    if results is None:
+        return None
+    return results, tune.tune_control_beta(results["summary"])
+
+
+def alternative_rows(task: str, base: str, schedule: str, sweep, sf_sweep, beta, results):
+    """Headline rows of the control (at its tuned beta) and of schedule-free AdamW."""
+    summary = results["summary"]
+    picked = {"control": summary[tune.control_row_name(beta["beta"])],
+              SCHEDULE_FREE: summary[SCHEDULE_FREE]}
+    control, free = tuned_rows(task, base, schedule, sweep, picked)
+    control.update(beta=beta["beta"], beta_scores=beta["scores"])
+    free.update(learning_rate=sf_sweep["learning_rate"], default_learning_rate=sf_sweep["start"],
+                interior=sf_sweep["interior"])
+    return [control, free]
 
 
 # ------------------------------------------------------------------------------ rows
@@ -340,12 +412,27 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+ALTERNATIVES_NOTE = (
+    " `control` (no DMD: beta times each epoch's displacement, beta picked from "
+    f"{', '.join(f'{b:g}' for b in tune.CONTROL_BETAS)} on these seeds) and "
+    f"`{SCHEDULE_FREE}` (its own tuned rate, in the lr column; training loss at the "
+    "parameters it trains) ran in a second run beside the tuned base; their ratios are to "
+    "that run's base.")
+
+
+def _method_cell(r) -> str:
+    """A headline row's method, with the control's tuned beta."""
+    return r["method"] if r.get("beta") is None else f"{r['method']} (beta {r['beta']:g})"
+
+
 def tuned_markdown(rows, totals, sweeps, default_rows, schedule) -> str:
     """The ``tuned.md`` report: headline table, totals, sweeps, default-rate view."""
     lines = [f"# Convergence against the tuned base ({schedule} learning rate)", "",
              "Ratios are per seed, method / tuned base, of the time (epochs) to the tuned "
              "base's best training loss; median [min-max] over seeds (n.r.: not reached). "
-             "Method epochs are interleaved with the tuned base's (side by side).", "",
+             "Method epochs are interleaved with the tuned base's (side by side)."
+             + (ALTERNATIVES_NOTE if any(r["method"] in ("control", SCHEDULE_FREE)
+                                         for r in rows) else ""), "",
              "| task | base | lr (default) | method | reached | time x | epochs x "
              "| test acc diff (pts) | accepted | masked |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -353,7 +440,8 @@ def tuned_markdown(rows, totals, sweeps, default_rows, schedule) -> str:
         lr = (f"{r['learning_rate']:g} ({r['default_learning_rate']:g}"
               f"{'' if r['interior'] else ', not interior'})")
         lines.append(
-            f"| {r['task']} | {r['base']} | {lr} | {r['method']} | {r['reached']}/{r['seeds']} "
+            f"| {r['task']} | {r['base']} | {lr} | {_method_cell(r)} "
+            f"| {r['reached']}/{r['seeds']} "
             f"| {_spread(r, 'time_ratio')} | {_spread(r, 'epochs_ratio')} "
             f"| {_cell(r['test_acc_diff'], '+.1f')} | {_cell(r['accepted_ratio'], '.2f')} "
             f"| {_cell(r['masked_fraction'], '.2f')} |")
@@ -427,7 +515,7 @@ def _write(args, stem, data, markdown):
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
-    rows, headline, sweeps = [], [], []
+    rows, headline, sweeps, sf_sweeps = [], [], [], {}
     for task in args.tasks:
         for base in args.bases:
             default = run_or_load(task_config(task, base, args),
@@ -447,6 +535,19 @@ def main(argv=None) -> dict[str, Any]:
                 summary = report.summarize(results)
             sweeps.append(dict(task=task, base=base, **sweep))
             headline += tuned_rows(task, base, args.schedule, sweep, summary)
+            if not args.alternatives:
+                continue
+            if task not in sf_sweeps:
+                sf_sweeps[task] = schedule_free_sweep(task, args)
+                if sf_sweeps[task] is not None:
+                    sweeps.append(dict(task=task, base=SCHEDULE_FREE, **sf_sweeps[task]))
+            if sf_sweeps[task] is None:
+                continue
+            alternatives = alternatives_pair(task, base, args, sweep["learning_rate"],
+                                             sf_sweeps[task])
+            if alternatives is not None:
+                headline += alternative_rows(task, base, args.schedule, sweep, sf_sweeps[task],
+                                             alternatives[1], alternatives[0])
     out = dict(rows=rows, schedule=args.schedule, time_goal=TIME_GOAL, acc_goal=ACC_GOAL,
                environment=report.environment())
     table = markdown_table(rows)

@@ -47,7 +47,7 @@ if __package__ in (None, ""):  # `python examples/compare.py`
 
 from examples import methods as registry  # noqa: E402
 from examples import report  # noqa: E402
-from examples.train import Config, train_and_evaluate  # noqa: E402
+from examples.train import TARGETS, Config, train_and_evaluate  # noqa: E402
 
 DEFAULT = Config()
 DEFAULT_OUTPUT_DIR = os.path.join("runs", "compare")
@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Base optimizer vs koopax methods: time to the baseline's best loss.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default=DEFAULT.model,
-                   help="mlp, cnn1d, fcn, alexnet, resnet50, vit or conv_vae (examples.models; "
+                   help="mlp, cnn1d, fcn, alexnet, resnet50, vit, conv_vae or transformer "
+                        "(examples.models; "
                         "conv_vae: a VAE on the images, trained on the negative ELBO, labels "
                         "unused, no accuracy; with sgd use --lr 0.03, 0.5 diverges)")
     p.add_argument("--size", default=DEFAULT.size, choices=("tiny", "full"),
@@ -155,21 +156,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MLP hidden sizes, comma list (e.g. 64,64,64,64 for the PDT paper's "
                         "depth study); default: the model size's own")
     p.add_argument("--dataset", default=DEFAULT.dataset,
-                   help="digits, mnist1d, quadratic, cifar10, synthetic_images, image_folder")
+                   help="digits, mnist1d, quadratic, cifar10, synthetic_images, image_folder, "
+                        "text (characters; with --model transformer)")
     p.add_argument("--data-path", default=None,
-                   help="directory of an on-disk dataset (cifar10, image_folder)")
+                   help="directory of an on-disk dataset (cifar10, image_folder) or a UTF-8 "
+                        "file (text; default: the standard library's docstrings)")
     p.add_argument("--optimizer", default=DEFAULT.optimizer, choices=registry.BASE_OPTIMIZERS)
     p.add_argument("--lr", type=positive_float, default=DEFAULT.learning_rate,
                    help="the base's (peak) learning rate; with --tune, where the sweep starts")
     p.add_argument("--schedule", default=DEFAULT.schedule, choices=registry.SCHEDULES,
-                   help="cosine: optax.cosine_decay_schedule from --lr to 0 over the run")
+                   help="cosine: optax.cosine_decay_schedule from --lr to 0 over the run; "
+                        "warmup_cosine: linear warmup over the first 5 %% of the run, then "
+                        "cosine to 0 (schedule_free_adamw: its own 5 %% warmup, no schedule)")
     p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=False,
                    help="sweep the base's lr by factors of 2 from --lr until the best (lowest "
                         "best-epoch train loss, diverged = worst) is interior; run everything "
                         "at that rate (the tuned base as the reference); --no-tune: the "
                         "given rate (the last of the two flags wins)")
     p.add_argument("--batch-size", type=positive_int, default=DEFAULT.batch_size)
-    p.add_argument("--epochs", type=positive_int, default=DEFAULT.epochs)
+    p.add_argument("--epochs", type=positive_int, default=DEFAULT.epochs,
+                   help="epochs (blocks of --steps-per-epoch steps when given)")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                   help="steps per epoch (one evaluation after each); default one pass over "
+                        "the training data")
+    p.add_argument("--target", default=DEFAULT.target, choices=TARGETS,
+                   help="the loss time-to-target (and --tune) is measured on: the base's "
+                        "best train loss or its best test (validation) loss")
     p.add_argument("--seeds", type=positive_int, default=DEFAULT.seeds,
                    help="number of seeds (0, 1, ..., seeds-1)")
     p.add_argument("--methods", default=",".join(DEFAULT.methods),
@@ -231,6 +243,7 @@ def config_from_args(args) -> Config:
         schedule=args.schedule, batch_size=args.batch_size, epochs=args.epochs,
         seeds=args.seeds, methods=methods, options=method_options(args, methods),
         base_lr_factors=args.base_lr_factors, non_iid=args.non_iid, tune_lr=args.tune,
+        steps_per_epoch=args.steps_per_epoch, target=args.target,
         plots=not args.no_plots, progress=not args.no_progress)
     return config.quick() if args.quick else config
 
@@ -246,6 +259,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Config]:
 
 
 # ------------------------------------------------------------------------------ main
+_TARGET_TEXT = {"train_loss": "epoch-mean train loss", "test_loss": "validation (test) loss"}
+
+
 def headline(config: Config, results) -> str:
     """The lines printed above the table."""
     rate = f"lr={config.learning_rate:g}"
@@ -262,8 +278,8 @@ def headline(config: Config, results) -> str:
     return (f"{config.dataset} / {config.model} / {config.optimizer} {rate} "
             f"({config.schedule}) batch={config.batch_size} epochs={config.epochs} "
             f"seeds={config.seeds} steps/epoch={results['steps_per_epoch']}{kga_text}\n"
-            "target = base's best epoch-mean train loss per seed; medians over seeds; "
-            "times exclude compilation")
+            f"target = base's best {_TARGET_TEXT[config.target]} per seed; medians over "
+            "seeds; times exclude compilation")
 
 
 def main(argv=None) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The method registry: the one place that maps a method name to a koopax transformation.
 
 A *method* is a koopax transformation chained after a base optimizer
-(``optax.chain(base, method)``). Every entry of :data:`METHODS` names its koopax
-constructor and the options it accepts: the constructor's own keyword
+(``optax.chain(base, method)``); ``'control'`` is the one that is not koopax: the
+no-DMD control :func:`examples.controls.period_extrapolation`. Every entry of
+:data:`METHODS` names its constructor and the options it accepts: the constructor's own keyword
 arguments (read from its signature, so a new koopax argument such as
 ``apply_every`` is accepted as soon as the library has it) plus the options the
 harness reads itself (``kwm_*`` for the mask of ``kga_kwm``). Options are
@@ -13,7 +14,8 @@ it and the method.
 ``snapshot_every`` left unset (``None``) is the number of steps per epoch: one
 snapshot per epoch (KGA-Epoch), the harness's cadence for every method.
 
-Also here: the base optimizers (:func:`make_base_optimizer`) and the state
+Also here: the base optimizers and schedules (:func:`make_base_optimizer`), the
+parameters a schedule-free base is evaluated at (:func:`eval_params`) and the state
 diagnostics the harness reads after each epoch (:func:`read_diagnostics`).
 """
 
@@ -32,22 +34,34 @@ import numpy as np
 import optax
 
 import koopax
+from examples.controls import period_extrapolation
 
 __all__ = [
     "BASE_OPTIMIZERS",
     "DIAGNOSTIC_KEYS",
     "METHODS",
     "SCHEDULES",
+    "SCHEDULE_FREE",
     "Method",
     "build_optimizer",
+    "eval_params",
     "make_base_optimizer",
     "options_for",
     "read_diagnostics",
     "register_method",
+    "schedule_free_state",
+    "warmup_steps",
 ]
 
-BASE_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-SCHEDULES = ("constant", "cosine")
+#: The schedule-free base (``optax.contrib.schedule_free_adamw``).
+SCHEDULE_FREE = "schedule_free_adamw"
+BASE_OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", SCHEDULE_FREE)
+SCHEDULES = ("constant", "cosine", "warmup_cosine")
+#: Fraction of the run spent warming up: the ``'warmup_cosine'`` schedule's linear
+#: ramp, and schedule-free AdamW's own warmup under that schedule.
+WARMUP_FRACTION = 0.05
+#: ``optax.adamw``'s default decoupled weight decay, given to schedule-free AdamW too.
+ADAMW_WEIGHT_DECAY = 1e-4
 
 
 # --------------------------------------------------------------------------- checks
@@ -66,16 +80,35 @@ def check_positive(value, name, *, integer=False):
 
 
 # ----------------------------------------------------------------------- base optimizers
+def warmup_steps(total_steps: int) -> int:
+    """Steps of warmup of a ``total_steps`` run: :data:`WARMUP_FRACTION` of it, at least 1."""
+    check_positive(total_steps, "total_steps", integer=True)
+    return max(1, round(WARMUP_FRACTION * total_steps))
+
+
 def make_base_optimizer(name: str, learning_rate: float, *, schedule: str = "constant",
                         total_steps: int | None = None) -> optax.GradientTransformation:
-    """The base optimizer: ``'sgd'``, ``'momentum'`` (0.9), ``'adam'`` or ``'adamw'``.
+    """The base optimizer: ``'sgd'``, ``'momentum'`` (0.9), ``'adam'``, ``'adamw'`` or
+    ``'schedule_free_adamw'``.
 
     Args:
       name: one of :data:`BASE_OPTIMIZERS`.
       learning_rate: peak learning rate (> 0).
-      schedule: ``'constant'`` or ``'cosine'`` (``optax.cosine_decay_schedule``
-        from ``learning_rate`` to 0 over ``total_steps``).
-      total_steps: number of training steps; required by the cosine schedule.
+      schedule: ``'constant'``; ``'cosine'`` (``optax.cosine_decay_schedule``
+        from ``learning_rate`` to 0 over ``total_steps``); ``'warmup_cosine'``
+        (``optax.warmup_cosine_decay_schedule``: linear from 0 to
+        ``learning_rate`` over the first :data:`WARMUP_FRACTION` (5 %) of
+        ``total_steps``, then a cosine to ``end_value=0`` at the last step, so
+        the run ends at rate 0 like ``'cosine'``).
+      total_steps: number of training steps; required by the cosine schedules
+        (and by ``'schedule_free_adamw'`` under ``'warmup_cosine'``).
+
+    ``'schedule_free_adamw'`` is ``optax.contrib.schedule_free_adamw`` at the
+    constant rate ``learning_rate`` (schedule-free methods replace the
+    schedule: ``schedule`` does not shape its rate), with optax.adamw's weight
+    decay (:data:`ADAMW_WEIGHT_DECAY`) and its own warmup: the same 5 % of
+    ``total_steps`` under ``'warmup_cosine'``, none otherwise. Evaluate it at
+    :func:`eval_params`, not at the parameters it trains.
     """
     if name not in BASE_OPTIMIZERS:
         raise ValueError(f"name must be one of {BASE_OPTIMIZERS}; got {name!r}.")
@@ -83,11 +116,21 @@ def make_base_optimizer(name: str, learning_rate: float, *, schedule: str = "con
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}.")
     lr: Any = learning_rate
-    if schedule == "cosine":
+    if schedule != "constant":
         if total_steps is None:
-            raise ValueError("total_steps is required with schedule='cosine'.")
+            raise ValueError(f"total_steps is required with schedule={schedule!r}.")
         check_positive(total_steps, "total_steps", integer=True)
+    if name == SCHEDULE_FREE:
+        # No warmup is ``None``: optax 0.2.8 turns ``warmup_steps=0`` into a schedule that
+        # stays at 0 (the optimizer never moves).
+        warmup = warmup_steps(total_steps) if schedule == "warmup_cosine" else None
+        return optax.contrib.schedule_free_adamw(learning_rate, warmup_steps=warmup,
+                                                 weight_decay=ADAMW_WEIGHT_DECAY)
+    if schedule == "cosine":
         lr = optax.cosine_decay_schedule(learning_rate, total_steps)
+    elif schedule == "warmup_cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps(total_steps),
+                                                total_steps, end_value=0.0)
     if name == "sgd":
         return optax.sgd(lr)
     if name == "momentum":
@@ -95,6 +138,28 @@ def make_base_optimizer(name: str, learning_rate: float, *, schedule: str = "con
     if name == "adam":
         return optax.adam(lr)
     return optax.adamw(lr)
+
+
+def schedule_free_state(opt_state) -> optax.contrib.ScheduleFreeState | None:
+    """The ``ScheduleFreeState`` inside ``opt_state`` (the base's own, or the base's
+    of ``chain(base, method)``, at any depth of tuples), else ``None``."""
+    if isinstance(opt_state, optax.contrib.ScheduleFreeState):
+        return opt_state
+    if isinstance(opt_state, (tuple, list)):
+        for sub in opt_state:
+            found = schedule_free_state(sub)
+            if found is not None:
+                return found
+    return None
+
+
+def eval_params(opt_state, params):
+    """The parameters to evaluate: ``optax.contrib.schedule_free_eval_params`` when
+    ``opt_state`` holds a schedule-free state (:func:`schedule_free_state`; with a
+    method chained after it, the method's changes to ``params`` are included), else
+    ``params`` themselves."""
+    state = schedule_free_state(opt_state)
+    return params if state is None else optax.contrib.schedule_free_eval_params(state, params)
 
 
 # ------------------------------------------------------------------ koopax constructors
@@ -137,6 +202,11 @@ def _kga_kwm(extras):
 def _pdt(extras):
     del extras
     return koopax.pdt
+
+
+def _control(extras):
+    del extras
+    return period_extrapolation
 
 
 def _dmd_prediction(mode):
@@ -232,6 +302,10 @@ if callable(getattr(koopax, "dmd_prediction", None)):
                            "(koopax.dmd_prediction(mode='dogra'))", _dmd_prediction("dogra")))
     register_method(Method("tano", "DMD jumps until the loss rises "
                            "(koopax.dmd_prediction(mode='tano'))", _dmd_prediction("tano")))
+
+register_method(Method("control", "no-DMD control: every snapshot period, add beta times "
+                       "the period's displacement (examples.controls.period_extrapolation)",
+                       _control))
 
 #: The methods whose ``alpha`` / ``num_snapshots`` the CLI's ``--alpha`` and
 #: ``--num-snapshots`` set.

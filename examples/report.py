@@ -2,12 +2,16 @@
 
 Time to target: the target of a seed is the minimum over epochs of ``base``'s
 epoch-mean training loss; a run reaches it at the first epoch whose epoch-mean
-training loss is ``<=`` the target. A seed that never reaches it counts as
-infinitely late, so a median reads 'not reached' when half or more of the
-seeds miss it. Two ratios to the base are reported: the ratio of the medians
-over seeds (``epochs_ratio``, ``time_ratio``, the table's ``x base``) and the
-per-seed (paired) ratios with their median, min and max
-(``epochs_ratio_paired``, ``time_ratio_paired``).
+training loss is ``<=`` the target. With ``results['target'] == 'test_loss'``
+(``Config(target='test_loss')``) both are the loss on the test (validation)
+split after each epoch instead; every summary row records which
+(``target_on``) and the table's headers say it (``tgt(train)``,
+``tgt(val)``). A seed that never reaches it counts as infinitely late, so a
+median reads 'not reached' when half or more of the seeds miss it. Two ratios
+to the base are reported: the ratio of the medians over seeds
+(``epochs_ratio``, ``time_ratio``, the table's ``x base``) and the per-seed
+(paired) ratios with their median, min and max (``epochs_ratio_paired``,
+``time_ratio_paired``).
 """
 
 from __future__ import annotations
@@ -104,20 +108,18 @@ def _ratio(a, b):
     return a / b
 
 
-def _targets(base_runs):
-    out = []
-    for run in base_runs:
-        losses = loss_array(run["train_loss"])
-        out.append(float(np.nanmin(losses)) if np.isfinite(losses).any() else float("nan"))
-    return out
+def _best(curve):
+    """The lowest finite value of a loss curve, or NaN."""
+    losses = loss_array(curve)
+    return float(np.nanmin(losses)) if np.isfinite(losses).any() else float("nan")
 
 
-def _hits(runs, targets, spe):
+def _hits(runs, targets, spe, key):
     """Per run: its :class:`Target` (and the target and hit recorded in the run)."""
     hits = []
     for run, target in zip(runs, targets, strict=True):
         hit = Target(None, None, None) if math.isnan(target) else time_to_target(
-            loss_array(run["train_loss"]), run["epoch_time"], target, spe)
+            loss_array(run[key]), run["epoch_time"], target, spe)
         run["target"] = None if math.isnan(target) else target
         run["reached"] = hit._asdict()
         hits.append(hit)
@@ -147,10 +149,9 @@ def _row_summary(runs, hits, info):
         flops_to_target=None if flops is None else median_or_none(
             [None if h.step is None else h.step * flops for h in hits]),
         final_train_loss=_nanmedian([r["train_loss"][-1] for r in runs]),
-        best_train_loss=_nanmedian([np.nanmin(loss_array(r["train_loss"]))
-                                    if np.isfinite(loss_array(r["train_loss"])).any()
-                                    else None for r in runs]),
+        best_train_loss=_nanmedian([_best(r["train_loss"]) for r in runs]),
         final_test_loss=_nanmedian([r["test_loss"][-1] for r in runs]),
+        best_test_loss=_nanmedian([_best(r["test_loss"]) for r in runs]),
         final_test_acc_mean=float(np.mean(final_acc)) if final_acc else None,
         final_test_acc_std=float(np.std(final_acc)) if final_acc else None,
         train_time=float(np.median([sum(r["epoch_time"]) for r in runs])),
@@ -164,16 +165,27 @@ def _row_summary(runs, hits, info):
     return s
 
 
-def summarize(results) -> dict[str, dict[str, Any]]:
+#: The loss names of ``results['target']`` and how tables and plots call them.
+TARGET_LABELS = {"train_loss": "train", "test_loss": "val"}
+
+
+def summarize(results, target: str | None = None) -> dict[str, dict[str, Any]]:
     """Per-row summary; adds each run's target and time-to-target in place.
 
     ``results`` holds ``names``, ``steps_per_epoch``, ``info`` and ``runs``
     (with a ``'base'`` row), as :func:`examples.train.train_and_evaluate` makes them.
+    ``target``: the loss the targets are on, ``'train_loss'`` or ``'test_loss'``
+    (default ``results['target']``, else ``'train_loss'``); each row's
+    ``target_on`` says which.
     """
+    key = target or results.get("target") or "train_loss"
+    if key not in TARGET_LABELS:
+        raise ValueError(f"target must be one of {tuple(TARGET_LABELS)}; got {key!r}.")
     spe = results["steps_per_epoch"]
-    targets = _targets(results["runs"]["base"])
-    hits = {name: _hits(results["runs"][name], targets, spe) for name in results["names"]}
-    summary = {name: _row_summary(results["runs"][name], hits[name], results["info"][name])
+    targets = [_best(run[key]) for run in results["runs"]["base"]]
+    hits = {name: _hits(results["runs"][name], targets, spe, key) for name in results["names"]}
+    summary = {name: dict(_row_summary(results["runs"][name], hits[name],
+                                       results["info"][name]), target_on=key)
                for name in results["names"]}
     base, base_hits = summary["base"], hits["base"]
     for name, s in summary.items():
@@ -196,12 +208,17 @@ def fmt(value, spec, none="-"):
 
 
 def format_table(summary, *, task="classification") -> str:
-    """The terminal table of :func:`summarize`'s output."""
+    """The terminal table of :func:`summarize`'s output.
+
+    The time-to-target headers name the loss the target is on: ``tgt(train)``
+    (the base's best training loss) or ``tgt(val)`` (its best test/validation loss).
+    """
     nr = "not reached"
-    header = ["method", "final train", "final test", "test acc", "epochs->tgt", "x base",
-              "time->tgt s", "x base", "GFLOP->tgt", "train s", "compile s",
-              "stable", "accepted", "masked", "rollbacks"]
-    classification = task == "classification"
+    on = TARGET_LABELS[next(iter(summary.values()), {}).get("target_on", "train_loss")]
+    header = ["method", "final train", "final test", "test acc", f"epochs->tgt({on})",
+              "x base", f"time->tgt({on}) s", "x base", f"GFLOP->tgt({on})", "train s",
+              "compile s", "stable", "accepted", "masked", "rollbacks"]
+    classification = task in ("classification", "language_model")
     if not classification:
         header.remove("test acc")
     rows = []
@@ -258,6 +275,7 @@ class _Figures:
         targets = [r.get("target") for r in results["runs"]["base"]]
         known = [t for t in targets if t is not None]
         self.target = median_or_none(known) if known else None
+        self.target_on = results.get("target") or "train_loss"
         self.paths = []
 
     def band(self, ax, x, curves, name):
@@ -285,7 +303,7 @@ class _Figures:
             xs = (np.mean([np.cumsum(r["epoch_time"]) for r in runs[name]], 0)
                   if x == "time" else np.arange(1, len(curves[0]) + 1))
             self.band(ax, xs, curves, name)
-        if self.target is not None and key == "train_loss":
+        if self.target is not None and key == self.target_on:
             ax.axhline(self.target, color="k", ls=":", lw=1, label="base best (median)")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -338,16 +356,20 @@ def _rows_with(results, key):
 def save_plots(results, output_dir, *, task="classification") -> list[str]:
     """Writes the PNG plots into ``output_dir``; returns their paths.
 
-    ``loss_vs_epoch.png``, ``loss_vs_time.png``, ``test_metric.png``, and where
-    a row has them ``eigenvalues.png`` (KGA), ``accepted_ratio.png`` (PDT and
-    the prediction baselines) and ``masked_fraction.png`` (KGA masks).
+    ``loss_vs_epoch.png``, ``loss_vs_time.png``, ``test_metric.png``,
+    ``test_loss_vs_epoch.png`` when the target is on the test (validation) loss
+    (and the test metric is an accuracy), and where a row has them
+    ``eigenvalues.png`` (KGA), ``accepted_ratio.png`` (PDT and the prediction
+    baselines) and ``masked_fraction.png`` (KGA masks).
     """
     figs = _Figures(results, output_dir)
     figs.curves("loss_vs_epoch.png", "train_loss", "epoch", "train loss")
     figs.curves("loss_vs_time.png", "train_loss", "training wall time (s, compile excluded)",
                 "train loss", x="time")
-    if task == "classification":
+    if task in ("classification", "language_model"):
         figs.curves("test_metric.png", "test_acc", "epoch", "test accuracy", log=False)
+        if figs.target_on == "test_loss":
+            figs.curves("test_loss_vs_epoch.png", "test_loss", "epoch", "test (val) loss")
     else:
         figs.curves("test_metric.png", "test_loss", "epoch", "test loss")
     with_eigs = _rows_with(results, "eigenvalues")

@@ -21,12 +21,22 @@ the base at other learning rates, rows ``base@F*lr``) and every method of
 uses the same initialisation and batch order for all of them (paired runs),
 and their epochs are interleaved (epoch e of every run, then epoch e + 1), so
 that machine noise hits every method alike and time ratios are side by side.
-Summaries, tables and plots are :mod:`examples.report`'s.
+``config.extra_rows`` adds rows with another base optimizer (and optionally a
+method on top of it), interleaved the same way: e.g. schedule-free AdamW beside
+the tuned AdamW. Summaries, tables and plots are :mod:`examples.report`'s.
+
+An "epoch" is one block of steps: one pass over the training data by default,
+or ``config.steps_per_epoch`` steps drawn from a stream of passes (the step-based
+training of the language model: 1500 steps evaluated every 50 are 30 "epochs").
+Evaluation (on the test or validation split) follows every block, at the
+parameters :func:`examples.methods.eval_params` gives (a schedule-free base's
+averaged iterate).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -46,8 +56,10 @@ __all__ = [
     "Config",
     "Runner",
     "TASK_KINDS",
+    "TARGETS",
     "Task",
     "base_lr_name",
+    "batch_stream",
     "epoch_batches",
     "flops_of",
     "load_data",
@@ -58,6 +70,11 @@ __all__ = [
 ]
 
 DEFAULT_METHODS = ("kga", "kga_efficient") + (("pdt",) if "pdt" in registry.METHODS else ())
+#: The losses a run's target can be on: the epoch-mean training loss or the loss on
+#: the test (validation) split after each epoch.
+TARGETS = ("train_loss", "test_loss")
+#: The keys of an :attr:`Config.extra_rows` entry.
+EXTRA_ROW_KEYS = frozenset({"optimizer", "learning_rate", "method", "options"})
 
 
 # ------------------------------------------------------------------------------ config
@@ -84,6 +101,18 @@ class Config:
         registry's defaults; a key the method does not accept is an error.
       base_lr_factors: also train the base at ``learning_rate * f`` (rows ``base@f*lr``).
       non_iid: class-sorted batches.
+      steps_per_epoch: steps per "epoch" (one training block, followed by an
+        evaluation); ``None``: one pass over the training data. Otherwise the
+        batches are a stream of passes (:func:`batch_stream`) cut into blocks of
+        this many steps, e.g. 50 for a 1500-step run evaluated 30 times.
+      target: the loss time-to-target is measured on (:data:`TARGETS`):
+        ``'train_loss'`` (the base's best epoch-mean training loss) or
+        ``'test_loss'`` (its best loss on the test/validation split); also the
+        score of the learning-rate sweep.
+      extra_rows: more rows, each ``name -> {'optimizer': a base optimizer,
+        'learning_rate': its rate (default ``learning_rate``), 'method': a method
+        chained after it (optional), 'options': the method's options}``, trained
+        beside the others with ``schedule``; a row the sweep does not tune.
       tune_lr: first sweep the base's learning rate by factors of 2 from
         ``learning_rate`` until the best is interior (:mod:`examples.tune`, at
         most ``tune_max_steps`` steps), then train everything at the best rate.
@@ -106,6 +135,9 @@ class Config:
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     base_lr_factors: tuple[float, ...] = ()
     non_iid: bool = False
+    steps_per_epoch: int | None = None
+    target: str = "train_loss"
+    extra_rows: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     tune_lr: bool = False
     tune_max_steps: int = 6
     plots: bool = True
@@ -121,8 +153,11 @@ class Config:
                 raise ValueError(f"hidden applies to model 'mlp' only; got model {self.model!r}.")
         for name in ("batch_size", "epochs", "seeds", "tune_max_steps"):
             registry.check_positive(getattr(self, name), name, integer=True)
-        if self.train_subset is not None:
-            registry.check_positive(self.train_subset, "train_subset", integer=True)
+        for name in ("train_subset", "steps_per_epoch"):
+            if getattr(self, name) is not None:
+                registry.check_positive(getattr(self, name), name, integer=True)
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}; got {self.target!r}.")
         registry.check_positive(self.learning_rate, "learning_rate")
         if self.optimizer not in registry.BASE_OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {registry.BASE_OPTIMIZERS}; "
@@ -144,13 +179,47 @@ class Config:
             registry.check_positive(f, "base_lr_factors")
             if f == 1.0:
                 raise ValueError("base_lr_factors: factor 1 is the base run itself.")
+        object.__setattr__(self, "extra_rows", {
+            name: self._extra_row(name, row) for name, row in self.extra_rows.items()})
+
+    def _extra_row(self, name, row) -> dict[str, Any]:
+        """An :attr:`extra_rows` entry, checked and completed."""
+        taken = {"base", *self.methods, *map(base_lr_name, self.base_lr_factors)}
+        if not isinstance(name, str) or not name or name in taken:
+            raise ValueError(f"extra_rows: row name {name!r} is empty or taken by "
+                             f"{sorted(taken)}.")
+        if not isinstance(row, Mapping) or "optimizer" not in row \
+                or set(row) - EXTRA_ROW_KEYS:
+            raise ValueError(f"extra_rows: row {name!r} must be a mapping with 'optimizer' "
+                             f"and keys from {sorted(EXTRA_ROW_KEYS)}; got {row!r}.")
+        if row["optimizer"] not in registry.BASE_OPTIMIZERS:
+            raise ValueError(f"extra_rows: row {name!r}: optimizer must be one of "
+                             f"{registry.BASE_OPTIMIZERS}; got {row['optimizer']!r}.")
+        out = dict(optimizer=row["optimizer"], method=row.get("method"),
+                   learning_rate=registry.check_positive(
+                       row.get("learning_rate", self.learning_rate),
+                       f"extra_rows[{name!r}].learning_rate"),
+                   options=dict(row.get("options") or {}))
+        if out["method"] is not None:
+            registry.options_for(out["method"], out["options"])
+        elif out["options"]:
+            raise ValueError(f"extra_rows: row {name!r} has options but no method.")
+        return out
+
+    def row_names(self) -> list[str]:
+        """The rows :func:`train_and_evaluate` trains, in order: ``'base'``, the
+        ``base@f*lr`` rows, the methods, the extra rows."""
+        return ["base", *map(base_lr_name, self.base_lr_factors), *self.methods,
+                *self.extra_rows]
 
     def replace(self, **changes) -> Config:
         return dataclasses.replace(self, **changes)
 
     def quick(self) -> Config:
-        """A smoke test of this config: 1 epoch, 1 seed, tiny model, 4 batches of data."""
-        return self.replace(epochs=1, seeds=1, size="tiny", train_subset=4 * self.batch_size)
+        """A smoke test of this config: 1 epoch (one pass), 1 seed, tiny model, 4 batches
+        of data."""
+        return self.replace(epochs=1, seeds=1, size="tiny", train_subset=4 * self.batch_size,
+                            steps_per_epoch=None)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,7 +262,9 @@ class Task(NamedTuple):
 
 
 #: The task kinds of :func:`model_task`.
-TASK_KINDS = ("classification", "regression", "vae")
+TASK_KINDS = ("classification", "regression", "vae", "language_model")
+#: The kinds whose metric is an accuracy (per example, or per token).
+ACCURACY_KINDS = ("classification", "language_model")
 #: Stream tag of the VAE's reparameterisation noise (``fold_in`` of the seed's key), so
 #: that the noise is not the initialisation's stream (``nnx.Rngs(seed)``).
 _NOISE_STREAM = 0x7AE
@@ -215,7 +286,9 @@ def _noise_keys(seed: int):
 
 
 def _loss_and_metric(out, y, kind):
-    if kind == "classification":
+    # A language model's logits (N, T, V) and next tokens (N, T): the mean over
+    # every token of the cross-entropy, the per-token accuracy.
+    if kind in ACCURACY_KINDS:
         loss = optax.softmax_cross_entropy_with_integer_labels(out, y).mean()
         metric = jnp.mean(jnp.argmax(out, -1) == y)
         return loss, metric.astype(jnp.float32)
@@ -242,7 +315,9 @@ def model_task(model, kind: str, *, steps: int | None, name: str = "model", data
     Args:
       model: a Flax NNX module (left in train mode).
       kind: one of :data:`TASK_KINDS`: ``'classification'`` (integer labels,
-        cross-entropy; metric = accuracy), ``'regression'`` (mean squared error;
+        cross-entropy; metric = accuracy), ``'language_model'`` (next-token logits
+        ``(N, T, V)`` against int tokens ``(N, T)``: mean cross-entropy over every
+        token; metric = per-token accuracy), ``'regression'`` (mean squared error;
         metric = 0) or ``'vae'`` (a VAE ``model(x, key) -> (logits, mean,
         log_var)`` such as :class:`examples.models.ConvVAE`; loss = the negative
         ELBO per example, :func:`examples.models.vae.negative_elbo`, the batch's
@@ -458,16 +533,23 @@ class Runner:
         flops = flops_of(lowered)
         return flops_of(lowered.compile()) if flops is None else flops
 
+    def eval_params(self):
+        """The parameters evaluation uses (:func:`examples.methods.eval_params`): a
+        schedule-free base's averaged iterate, else the trained parameters."""
+        return registry.eval_params(self.opt_state, self.params)
+
     def evaluate(self, x, y, batch_size: int = 1024) -> tuple[float, float]:
-        """Mean loss and metric over ``x``, ``y`` (the task's ``eval_fn``)."""
+        """Mean loss and metric over ``x``, ``y`` (the task's ``eval_fn``) at
+        :meth:`eval_params`, in batches of ``batch_size`` examples."""
         if self.task.eval_fn is None:
             raise ValueError(f"task {self.task.name!r} has no eval_fn.")
         if self._eval is None:
             self._eval = jax.jit(self.task.eval_fn)
+        params = self.eval_params()
         total_loss, total_metric, n = 0.0, 0.0, 0
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            loss, metric = self._eval(self.params, self.rest, self.task.consts, xb, yb)
+            loss, metric = self._eval(params, self.rest, self.task.consts, xb, yb)
             total_loss += float(loss)
             total_metric += float(metric)
             n += len(xb)
@@ -523,6 +605,42 @@ def epoch_batches(x, y, batch_size: int, *, rng: np.random.Generator, non_iid: b
     return np.stack(xs), np.stack(ys)
 
 
+def batch_stream(x, y, batch_size: int, *, seed: int, steps: int | None = None,
+                 non_iid: bool = False):
+    """The blocks of training batches of one seed, an endless generator.
+
+    Pass ``p`` over the data is :func:`epoch_batches` shuffled by
+    ``np.random.default_rng([seed, p])``. ``steps=None``: each block is one pass
+    (block ``e`` is pass ``e``, the harness's epochs). Otherwise the passes are
+    concatenated into one stream of batches and each block is the next ``steps``
+    of them, ``(steps, batch, ...)`` arrays (a block may span passes): with
+    ``steps`` equal to the batches per pass the two coincide. Every method of a
+    seed trains on the same blocks (paired runs).
+    """
+    if steps is not None:
+        registry.check_positive(steps, "steps", integer=True)
+    passes = itertools.count()
+
+    def one_pass():
+        rng = np.random.default_rng([seed, next(passes)])
+        return epoch_batches(x, y, batch_size, rng=rng, non_iid=non_iid)
+
+    if steps is None:
+        while True:
+            yield one_pass()
+    xs, ys = one_pass()
+    pos = 0
+    while True:
+        parts, need = [], steps
+        while need:
+            take = min(need, len(xs) - pos)
+            parts.append((xs[pos:pos + take], ys[pos:pos + take]))
+            pos, need = pos + take, need - take
+            if pos == len(xs):
+                (xs, ys), pos = one_pass(), 0
+        yield tuple(np.concatenate(p) for p in zip(*parts))
+
+
 def load_data(config: Config):
     """The dataset of ``config`` (its first ``train_subset`` training examples).
 
@@ -546,7 +664,7 @@ def model_factory(config: Config, data) -> Callable[[int], Any]:
     """``seed -> model`` of ``config``'s architecture for ``data``."""
     from examples.models import create_model
 
-    num_classes = data.num_classes if data.task == "classification" else (
+    num_classes = data.num_classes if data.task in ACCURACY_KINDS else (
         int(np.prod(np.shape(data.y_train)[1:])) or 1)
     input_shape = tuple(np.shape(data.x_train)[1:])
     overrides = {} if config.hidden is None else dict(hidden_sizes=config.hidden)
@@ -572,45 +690,57 @@ def _progress(config, **kwargs):
     return tqdm(disable=not config.progress, **kwargs)
 
 
+def _rows(config) -> dict[str, dict[str, Any]]:
+    """Every row of ``config``: ``name -> {optimizer, learning_rate, method, options}``
+    (``method`` ``'base'`` for the base alone)."""
+    rows = {"base": dict(optimizer=config.optimizer, learning_rate=config.learning_rate,
+                         method="base", options=None)}
+    for f in config.base_lr_factors:
+        rows[base_lr_name(f)] = dict(rows["base"], learning_rate=config.learning_rate * f)
+    for name in config.methods:
+        rows[name] = dict(rows["base"], method=name, options=config.options.get(name))
+    for name, row in config.extra_rows.items():
+        rows[name] = dict(row, method=row["method"] or "base", options=row["options"] or None)
+    return rows
+
+
 def _runners(config, data, make_model, first, measure=True):
-    """``{name: Runner}`` of the base rows and the methods, compiled and warmed up
+    """``{name: Runner}`` of every row (:func:`_rows`), compiled and warmed up
     (``measure=False``: no FLOPs count and no untimed first call, for the sweep)."""
     steps = int(first[0].shape[0])
     task = model_task(make_model(0), task_kind(config.model, data), steps=steps)
-    rates = {"base": config.learning_rate,
-             **{base_lr_name(f): config.learning_rate * f for f in config.base_lr_factors}}
+    rows = _rows(config)
     runners, info = {}, {}
-    for name in _progress(config, iterable=list(rates) + list(config.methods),
-                          desc="compile", leave=False):
+    for name in _progress(config, iterable=list(rows), desc="compile", leave=False):
+        row = rows[name]
         base = registry.make_base_optimizer(
-            config.optimizer, rates.get(name, config.learning_rate), schedule=config.schedule,
+            row["optimizer"], row["learning_rate"], schedule=config.schedule,
             total_steps=steps * config.epochs)
-        tx = (registry.build_optimizer("base", base, None, steps) if name in rates else
-              registry.build_optimizer(name, base, config.options.get(name), steps))
-        runner = Runner(task, tx, name)
+        runner = Runner(task, registry.build_optimizer(row["method"], base, row["options"],
+                                                       steps), name)
         compile_s = runner.compile(first)
         flops = runner.step_flops(jax.tree.map(lambda a: a[0], first)) if measure else None
         if measure:
             runner.dry_run(first)
         runners[name] = runner
         info[name] = dict(compile_time=compile_s, flops_per_step=flops,
-                          learning_rate=rates.get(name, config.learning_rate))
+                          learning_rate=row["learning_rate"], optimizer=row["optimizer"])
     return runners, info
 
 
 def _train(config: Config, data, make_model, measure=True) -> dict[str, Any]:
     """Every run of every seed, epochs interleaved; returns the raw results."""
-    def batches(seed, epoch):
-        rng = np.random.default_rng([seed, epoch])
-        return epoch_batches(data.x_train, data.y_train, config.batch_size, rng=rng,
-                             non_iid=config.non_iid)
+    def stream(seed):
+        return batch_stream(data.x_train, data.y_train, config.batch_size, seed=seed,
+                            steps=config.steps_per_epoch, non_iid=config.non_iid)
 
-    first = batches(0, 0)
+    streams = {0: stream(0)}
+    first = next(streams[0])
     steps = int(first[0].shape[0])
     runners, info = _runners(config, data, make_model, first, measure)
     names, seeds = list(runners), list(range(config.seeds))
     kind = task_kind(config.model, data)
-    classification = kind == "classification"
+    classification = kind in ACCURACY_KINDS
     runs = {name: [] for name in names}
     bar = _progress(config, total=len(seeds) * config.epochs * len(names), desc="train",
                     unit="epoch")
@@ -621,9 +751,9 @@ def _train(config: Config, data, make_model, measure=True) -> dict[str, Any]:
             runner.reset(task.params, task.rest)
             curves[name] = dict(seed=seed, train_loss=[], train_acc=[], test_loss=[],
                                 test_acc=[], epoch_time=[], diagnostics=[])
+        batches = streams.pop(seed) if seed in streams else stream(seed)
         for epoch in range(config.epochs):
-            block_data = jax.device_put(first if (seed, epoch) == (0, 0) else
-                                        batches(seed, epoch))
+            block_data = jax.device_put(first if (seed, epoch) == (0, 0) else next(batches))
             for name, runner in runners.items():
                 block = runner.run(block_data)
                 test_loss, test_acc = runner.evaluate(data.x_test, data.y_test)
@@ -640,7 +770,8 @@ def _train(config: Config, data, make_model, measure=True) -> dict[str, Any]:
         for name in names:
             runs[name].append(curves[name])
     bar.close()
-    return dict(names=names, seeds=seeds, steps_per_epoch=steps, info=info, runs=runs)
+    return dict(names=names, seeds=seeds, steps_per_epoch=steps, info=info, runs=runs,
+                target=config.target)
 
 
 def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, Any]:
@@ -650,7 +781,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     ``info`` (compile time, FLOPs per step, learning rate per row), ``runs``
     (per row, per seed: the per-epoch curves and diagnostics), ``summary``
     (:func:`examples.report.summarize`), ``config``, ``dataset``,
-    ``environment`` and ``total_wall_time``. With a ``workdir``, writes
+    ``environment``, ``total_wall_time`` and ``target`` (the loss the
+    time-to-target is on, ``config.target``). With a ``workdir``, writes
     ``results.json`` there and (``config.plots``) the PNG plots of
     :func:`examples.report.save_plots`.
     """
@@ -659,11 +791,13 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     make_model = model_factory(config, data)
     sweep = None
     if config.tune_lr:
-        base_only = config.replace(methods=(), options={}, base_lr_factors=(), tune_lr=False)
+        base_only = config.replace(methods=(), options={}, base_lr_factors=(), tune_lr=False,
+                                   extra_rows={})
         sweep = tune.tune_learning_rate(
             config.learning_rate,
             lambda rate: tune.sweep_score(
-                _train(base_only.replace(learning_rate=rate), data, make_model, False)),
+                _train(base_only.replace(learning_rate=rate), data, make_model, False),
+                key=config.target),
             max_steps=config.tune_max_steps)
         config = config.replace(learning_rate=sweep["learning_rate"])
     results = _train(config, data, make_model)

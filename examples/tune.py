@@ -8,7 +8,15 @@ seeds of the run's best epoch-mean training loss within the epoch budget; a run
 with a non-finite epoch loss (diverged) scores ``inf``, the worst, so a rate at
 which any seed diverges is never the best. Every koopax method is then run on
 top of that rate (``Config(tune_lr=True)`` in :func:`examples.train.train_and_evaluate`;
-``python -m benchmarks.convergence --tune``).
+``python -m benchmarks.convergence --tune``). With ``Config(target='test_loss')``
+the score is the best loss on the test (validation) split instead. The same
+sweep tunes a schedule-free base (``optimizer='schedule_free_adamw'``): its
+validation loss is measured at the averaged iterate it is meant to be used at.
+
+:func:`tune_control_beta` picks the no-DMD control's ``beta`` from a few values
+(:data:`CONTROL_BETAS`) by the epochs it takes to the target: one harness run
+trains the base and the control at every ``beta`` side by side
+(:func:`control_rows`).
 """
 
 from __future__ import annotations
@@ -19,7 +27,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Sweep", "interior_best", "sweep_score", "tune_learning_rate"]
+__all__ = ["CONTROL_BETAS", "Sweep", "control_row_name", "control_rows", "interior_best",
+           "sweep_score", "tune_control_beta", "tune_learning_rate"]
+
+#: The control's extrapolation factors tried by :func:`tune_control_beta`.
+CONTROL_BETAS = (0.5, 1.0, 2.0)
 
 
 class Sweep(NamedTuple):
@@ -79,16 +91,23 @@ def _clean(value) -> float:
     return math.inf if math.isnan(value) else value
 
 
-def sweep_score(results: Mapping[str, Any], name: str = "base") -> float:
+def sweep_score(results: Mapping[str, Any], name: str = "base", *,
+                key: str = "train_loss") -> float:
     """Score of the row ``name`` of :func:`examples.train.train_and_evaluate`'s results.
 
-    The mean over seeds of each run's best epoch-mean training loss; ``inf`` if
-    any run has a non-finite epoch loss (diverged).
+    The mean over seeds of each run's best epoch-mean training loss (``key=
+    'test_loss'``: its best loss on the test/validation split, the one to use for
+    a schedule-free base, whose training loss is measured at the gradient points,
+    not at the averaged iterate it is evaluated at); ``inf`` if any run has a
+    non-finite epoch loss (diverged).
     """
+    if key not in ("train_loss", "test_loss"):
+        raise ValueError(f"key must be 'train_loss' or 'test_loss'; got {key!r}.")
     best = []
     for run in results["runs"][name]:
-        losses = run["train_loss"]
-        if not losses or any(v is None or not math.isfinite(v) for v in losses):
+        losses = run[key]
+        if not losses or any(v is None or not math.isfinite(v)
+                             for v in (*losses, *run["train_loss"])):
             return math.inf
         best.append(min(losses))
     return float(np.mean(best)) if best else math.inf
@@ -119,3 +138,66 @@ def tune_learning_rate(start: float, score_rate: Callable[[float], float], *,
                           known=pre)
     return dict(learning_rate=start * 2.0 ** sweep.best, start=start, interior=sweep.interior,
                 scores={start * 2.0 ** k: sweep.scores[k] for k in sorted(sweep.scores)})
+
+
+
+def control_row_name(beta: float) -> str:
+    """Row name of the control at ``beta`` in :func:`control_rows`: ``'control@<beta>'``."""
+    return f"control@{beta:g}"
+
+
+def control_rows(optimizer: str, learning_rate: float, betas=CONTROL_BETAS
+                 ) -> dict[str, dict[str, Any]]:
+    """``Config.extra_rows`` of the control at each of ``betas`` on top of a base.
+
+    One harness run with these rows (and no methods) trains the base and every
+    ``beta`` side by side; :func:`tune_control_beta` then reads its summary.
+    """
+    return {control_row_name(b): dict(optimizer=optimizer, learning_rate=learning_rate,
+                                      method="control", options=dict(beta=b))
+            for b in betas}
+
+
+def tune_control_beta(summary: Mapping[str, Mapping[str, Any]], betas=CONTROL_BETAS
+                      ) -> dict[str, Any]:
+    """The control's ``beta``: the fastest to the target, ties by the lowest loss.
+
+    ``summary`` is :func:`examples.report.summarize` of a run with the rows of
+    :func:`control_rows`. Each ``beta`` is scored by its row: first the median over
+    seeds of the epochs to the base's best loss (a seed that misses it counts as
+    infinitely late; a median not reached is ``inf``), then, between equal
+    medians, the median over seeds of the best loss the target is on (the row's
+    ``target_on``, the training or the validation loss; lower is better). On
+    short runs several ``beta`` often reach the target in the same epoch; the
+    loss then separates one that overshoots from one that does not. Ties in both
+    keep the first of ``betas``.
+
+    Returns:
+      ``dict(beta, scores={beta: {epochs_to_target, best_loss}})`` (``None``
+      where not finite).
+
+    Examples:
+      >>> row = lambda epochs, loss: {"epochs_to_target": epochs,
+      ...                             "best_train_loss": loss, "target_on": "train_loss"}
+      >>> summary = {"control@0.5": row(8, 1.0), "control@1": row(6, 0.9),
+      ...            "control@2": row(6, 0.95)}
+      >>> tune_control_beta(summary)["beta"]
+      1.0
+    """
+    betas = tuple(betas)
+    if not betas:
+        raise ValueError("betas must not be empty.")
+    missing = [control_row_name(b) for b in betas if control_row_name(b) not in summary]
+    if missing:
+        raise ValueError(f"summary: no rows {missing}; run control_rows(...) first.")
+    scores = {}
+    for beta in betas:
+        row = summary[control_row_name(beta)]
+        epochs = row["epochs_to_target"]
+        loss = row.get(f"best_{row.get('target_on', 'train_loss')}")
+        scores[beta] = (math.inf if epochs is None else float(epochs),
+                        math.inf if loss is None else _clean(loss))
+    best = min(betas, key=lambda b: scores[b])
+    return dict(beta=best, scores={
+        b: dict(epochs_to_target=None if math.isinf(e) else e,
+                best_loss=None if math.isinf(v) else v) for b, (e, v) in scores.items()})

@@ -101,15 +101,21 @@ def _fake_results(config):
     from examples import report
     from examples.train import base_lr_name
 
-    start = convergence.TASKS["digits_mlp"]["lr"][config.optimizer]
+    lrs = convergence.TASKS["digits_mlp"]["lr"]
     rates = {"base": config.learning_rate,
              **{base_lr_name(f): config.learning_rate * f for f in config.base_lr_factors}}
-    names = list(rates) + list(config.methods)
+    rates.update({n: r["learning_rate"] for n, r in config.extra_rows.items()})
+    optimizers = {n: r["optimizer"] for n, r in config.extra_rows.items()}
+    names = config.row_names()
     epochs = 6
 
     def runs(name):
+        # A schedule-free row (or run) is best at OPTIMUM times Adam's rate; the
+        # control at beta 1 is as fast as a method, at other betas as the base.
+        start = lrs.get(optimizers.get(name, config.optimizer), lrs["adam"])
         floor = 1.0 + math.log2(rates.get(name, config.learning_rate) / (OPTIMUM * start)) ** 2
-        speed, seconds = (1, 1.0) if name in rates else (2, 1.2)
+        slow = name in rates and name not in ("control@1", "schedule_free_adamw")
+        speed, seconds = (1, 1.0) if slow else (2, 1.2)
         return [dict(seed=s, train_loss=[floor + max(0, epochs - speed * (e + 1)) for e in
                                          range(epochs)],
                      train_acc=[0.9] * epochs, test_loss=[1.0] * epochs,
@@ -125,7 +131,8 @@ def _fake_results(config):
     return report.sanitize(results)
 
 
-def test_tune_sweeps_to_the_interior_best_and_reports_against_it(tmp_path, monkeypatch):
+def _fake_training(monkeypatch):
+    """Replaces the suite's training by :func:`_fake_results`; returns the calls made."""
     calls = []
 
     def fake(config, workdir):
@@ -135,8 +142,13 @@ def test_tune_sweeps_to_the_interior_best_and_reports_against_it(tmp_path, monke
             json.dump(_fake_results(config), f)
 
     monkeypatch.setattr(convergence, "train_and_evaluate", fake)
+    return calls
+
+
+def test_tune_sweeps_to_the_interior_best_and_reports_against_it(tmp_path, monkeypatch):
+    calls = _fake_training(monkeypatch)
     argv = ["--tune", "--tasks", "digits_mlp", "--bases", "sgd", "--methods", "kga",
-            "--seeds", "3", "--no-plots", "--output-dir", str(tmp_path)]
+            "--seeds", "3", "--no-plots", "--no-alternatives", "--output-dir", str(tmp_path)]
     out = convergence.main(argv)
     start = convergence.TASKS["digits_mlp"]["lr"]["sgd"]
     rates = [c.learning_rate for c, _ in calls]
@@ -161,6 +173,46 @@ def test_tune_sweeps_to_the_interior_best_and_reports_against_it(tmp_path, monke
     assert saved["rows"][0]["time_ratio"] == pytest.approx(0.6)
     assert len(saved["default_rate_rows"]) == 1
     # A second invocation reuses every run on disk.
+    calls.clear()
+    assert convergence.main(argv)["tuned"]["rows"] == out["tuned"]["rows"]
+    assert calls == []
+
+
+def test_tune_adds_the_control_and_schedule_free_rows(tmp_path, monkeypatch):
+    from examples.methods import SCHEDULE_FREE
+
+    calls = _fake_training(monkeypatch)
+    argv = ["--tune", "--tasks", "digits_mlp", "--bases", "sgd", "--methods", "kga",
+            "--seeds", "3", "--no-plots", "--output-dir", str(tmp_path)]
+    out = convergence.main(argv)
+    start = convergence.TASKS["digits_mlp"]["lr"]["sgd"]
+    adam = convergence.TASKS["digits_mlp"]["lr"]["adam"]
+    # The base's sweep and tuned run as before; then schedule-free AdamW's sweep from
+    # Adam's rate (best at 4x; the walk asks 2x first), then one run of the control's
+    # betas and SF beside the base.
+    assert [c.learning_rate for c, _ in calls[:4]] == [start, 4 * start, 8 * start, 4 * start]
+    sweep_calls = calls[4:-1]
+    assert all(c.optimizer == SCHEDULE_FREE and c.methods == () for c, _ in sweep_calls)
+    assert [c.learning_rate for c, _ in sweep_calls] == [2 * adam, adam, 4 * adam, 8 * adam]
+    alternatives, workdir = calls[-1]
+    assert workdir.endswith("digits_mlp_sgd_alternatives") and alternatives.methods == ()
+    assert alternatives.optimizer == "sgd" and alternatives.learning_rate == 4 * start
+    assert list(alternatives.extra_rows) == ["control@0.5", "control@1", "control@2",
+                                             SCHEDULE_FREE]
+    assert alternatives.extra_rows[SCHEDULE_FREE]["learning_rate"] == 4 * adam
+    rows = {r["method"]: r for r in out["tuned"]["rows"]}
+    assert list(rows) == ["kga", "control", SCHEDULE_FREE]
+    assert rows["control"]["beta"] == 1.0 and rows["control"]["epochs_ratio"] == 0.5
+    assert rows["control"]["learning_rate"] == 4 * start
+    assert rows[SCHEDULE_FREE]["learning_rate"] == 4 * adam
+    assert rows[SCHEDULE_FREE]["default_learning_rate"] == adam
+    assert rows[SCHEDULE_FREE]["interior"]
+    assert [s["base"] for s in out["tuned"]["sweeps"]] == ["sgd", SCHEDULE_FREE]
+    text = (tmp_path / "tuned.md").read_text()
+    assert "| control (beta 1) | 3/3 |" in text and "second run beside the tuned base" in text
+    assert f"| digits_mlp | {SCHEDULE_FREE} | {adam:g} | {4 * adam:g} | yes |" in text
+    assert {t["method"] for t in out["tuned"]["totals"]} == {"kga", "control", SCHEDULE_FREE}
+    # Rerun: everything comes from disk.
     calls.clear()
     assert convergence.main(argv)["tuned"]["rows"] == out["tuned"]["rows"]
     assert calls == []

@@ -17,6 +17,7 @@ from examples.datasets import (
     load_image_folder,
     load_mnist1d,
     load_quadratic_surface,
+    load_text,
     synthetic_images,
 )
 
@@ -132,8 +133,78 @@ def test_load_dataset_dispatches():
     )
     assert set(datasets.DATASET_NAMES) == {
         "digits", "mnist1d", "quadratic", "cifar10", "image_folder",
-        "synthetic_images",
+        "synthetic_images", "text",
     }
+
+
+# ----------------------------------------------------------------------- text
+
+
+def test_load_text_from_a_file_windows_split_and_vocabulary(tmp_path):
+    # 200 training characters, then 20 validation ones with an unseen 'z'.
+    text = "hello world, " * 15 + "hello" + "z" * 5 + "hello worl" + "\u00e9" * 5
+    assert len(text) == 220
+    file = tmp_path / "t.txt"
+    file.write_text(text, encoding="utf-8")
+    data = load_dataset("text", path=str(file), context=4, val_fraction=0.1)
+    assert data.task == "language_model" and data.name.startswith("text-")
+    train_chars = sorted(set(text[:198]))
+    assert data.num_classes == 1 + len(train_chars)  # <unk> + the training characters
+    assert data.x_train.shape == data.y_train.shape == (198 // 5, 4)
+    assert data.x_test.shape == data.y_test.shape == (22 // 5, 4)
+    for x in (data.x_train, data.y_train, data.x_test, data.y_test):
+        assert x.dtype == np.int32 and x.min() >= 0 and x.max() < data.num_classes
+    # Next-character alignment: window i is text[5i:5i+5], y is x shifted by one.
+    vocab = [datasets.UNK] + train_chars
+    decode = lambda ids: "".join(vocab[i] for i in ids)  # noqa: E731
+    assert decode(data.x_train[1]) == text[5:9] and decode(data.y_train[1]) == text[6:10]
+    np.testing.assert_array_equal(data.y_train[:, :-1], data.x_train[:, 1:])
+    # Validation: characters never seen in training are <unk> (id 0).
+    val = [vocab.index(c) if c in vocab else 0 for c in text[198:]]
+    windows = np.reshape(val[:20], (4, 5))
+    np.testing.assert_array_equal(data.x_test, windows[:, :4])
+    np.testing.assert_array_equal(data.y_test, windows[:, 1:])
+    assert (data.x_test == 0).sum() > 0
+    # Another text: another hash.
+    file.write_text(text[::-1], encoding="utf-8")
+    assert load_text(file, context=4).name != data.name
+
+
+def test_load_text_default_corpus_is_deterministic_offline_prose():
+    corpus = datasets.stdlib_corpus()
+    assert 0.5e6 < len(corpus.encode("utf-8")) < 1.5e6
+    assert "Return" in corpus and corpus == datasets.stdlib_corpus()
+    data = load_text(context=64)
+    again = load_text(context=64)
+    assert data.name == again.name
+    np.testing.assert_array_equal(data.x_train, again.x_train)
+    n = len(corpus)
+    assert data.x_train.shape == (round(0.9 * n) // 65, 64)
+    assert data.x_test.shape == ((n - round(0.9 * n)) // 65, 64)
+    assert 60 < data.num_classes < 140
+    np.testing.assert_array_equal(data.y_test[:, :-1], data.x_test[:, 1:])
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"context": 0}, "context"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"context": 1000}, "too short"),
+    ],
+)
+def test_load_text_rejects_bad_arguments(tmp_path, kwargs, match):
+    file = tmp_path / "t.txt"
+    file.write_text("abc" * 100, encoding="utf-8")
+    with pytest.raises(ValueError, match=match):
+        load_text(file, **kwargs)
+    file.write_bytes(b"\xff\xfe\xfa")
+    with pytest.raises(ValueError, match="UTF-8"):
+        load_text(file)
+    with pytest.raises(FileNotFoundError):
+        load_text(tmp_path / "missing.txt")
+    with pytest.raises(ValueError, match="modules"):
+        datasets.stdlib_corpus(["no_such_module_xyz"])
 
 
 # ------------------------------------------------------------------- CIFAR-10

@@ -30,13 +30,8 @@ from examples.models import (
 BATCH = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Tiny models compile much faster without XLA's optimisation passes."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# Tiny models compile much faster without XLA's optimisation passes.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _num_scalars(tree) -> int:

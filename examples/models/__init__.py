@@ -10,6 +10,9 @@ papers.
 ``num_classes``) and is trained on :func:`examples.models.vae.negative_elbo`
 (the harness's ``'vae'`` task kind, :func:`examples.train.model_task`).
 
+:class:`CharTransformer` is the one language model: int tokens ``(N, T)`` to
+next-token logits ``(N, T, V)`` (the harness's ``'language_model'`` task kind).
+
 BatchNorm models (:class:`FCN`, :class:`ResNet`) keep running statistics in
 ``nnx.BatchStat`` variables, which a Koopman parameter jump does not move; call
 :func:`refresh_batch_stats` after an accepted jump (see
@@ -42,6 +45,7 @@ from examples.models.resnet import (
     ResNet18,
     ResNet50,
 )
+from examples.models.transformer import CharTransformer, transformer_param_count
 from examples.models.vae import ConvVAE
 from examples.models.vit import EncoderBlock, ViT
 
@@ -53,6 +57,7 @@ __all__ = [
     "BasicBlock",
     "BottleneckBlock",
     "CNN1D",
+    "CharTransformer",
     "ConvVAE",
     "EncoderBlock",
     "FCN",
@@ -66,10 +71,13 @@ __all__ = [
     "count_params",
     "create_model",
     "refresh_batch_stats",
+    "transformer_param_count",
 ]
 
 #: Names accepted by :func:`create_model`.
-MODEL_NAMES = ("mlp", "cnn1d", "fcn", "alexnet", "resnet50", "vit", "conv_vae")
+MODEL_NAMES = (
+    "mlp", "cnn1d", "fcn", "alexnet", "resnet50", "vit", "conv_vae", "transformer",
+)
 #: The names whose inputs are NHWC images (``input_shape`` ``(H, W, C)``).
 IMAGE_MODELS = ("fcn", "alexnet", "resnet50", "vit", "conv_vae")
 #: The generative names: they take no ``num_classes`` and train on the negative ELBO.
@@ -149,6 +157,10 @@ def create_model(
     conv_vae  channels ``(4, 8)``, latent 4          channels ``(16, 32)``, latent 16
     ========  =====================================  ===============================
 
+    ``transformer``: ``d_model`` 16, 1 block, 2 heads (``'tiny'``); ``d_model`` 64,
+    2 blocks, 4 heads (``'full'``: 117,092 parameters at context 64 and 100
+    tokens); MLP 4x, context ``input_shape[0]``.
+
     The MLP flattens its input (``in_features = prod(input_shape)``); ``mlp`` is
     the only name that also serves regression (``num_classes`` is then the number
     of outputs, e.g. 1). For images whose sides are both at most 64 pixels,
@@ -157,13 +169,16 @@ def create_model(
     (57,044,810 parameters at 10 classes, the PDT setting with CIFAR-10 upsampled
     to 128x128) and the ImageNet stem. ``conv_vae`` (:class:`ConvVAE`, 34,689
     parameters on 8x8x1 digits) reconstructs its input and takes no ``num_classes``.
+    ``transformer`` (:class:`CharTransformer`) takes ``input_shape=(context,)`` and
+    the vocabulary size as ``num_classes``.
 
     Args:
       name: One of :data:`MODEL_NAMES`.
       num_classes: Number of outputs (logits, or regression targets for ``mlp``);
         required by every model but ``conv_vae``, which rejects it.
       input_shape: Shape of one example: ``(features...)`` for ``mlp``,
-        ``(L,)`` or ``(L, C)`` for ``cnn1d``, ``(H, W, C)`` for the image models.
+        ``(L,)`` or ``(L, C)`` for ``cnn1d``, ``(H, W, C)`` for the image models,
+        ``(context,)`` for ``transformer``.
       size: ``'tiny'`` or ``'full'``.
       seed: Seed of the ``nnx.Rngs`` used for initialisation.
       **overrides: Extra keyword arguments for the model constructor; they take
@@ -215,6 +230,19 @@ def create_model(
         }
         kwargs.update(overrides)
         return CNN1D(shape[0], num_classes, rngs=rngs, **kwargs)
+
+    if name == "transformer":
+        if len(shape) != 1:
+            raise ValueError(
+                f"`input_shape` for 'transformer' must be (context,), got {shape!r}."
+            )
+        kwargs = {"context": shape[0]}
+        kwargs.update(
+            {"d_model": 16, "depth": 1, "num_heads": 2} if tiny
+            else {"d_model": 64, "depth": 2, "num_heads": 4}
+        )
+        kwargs.update(overrides)
+        return CharTransformer(num_classes, rngs=rngs, **kwargs)
 
     height, width, channels = _image_shape(name, shape)
     if name == "conv_vae":

@@ -62,9 +62,13 @@ class EncoderBlock(nnx.Module):
         self.mlp_in = nnx.Linear(hidden_size, mlp_dim, rngs=rngs)
         self.mlp_out = nnx.Linear(mlp_dim, hidden_size, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """Applies the block to tokens ``x`` of shape ``(N, T, hidden_size)``."""
-        x = x + self.attention(self.norm1(x))
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Applies the block to tokens ``x`` of shape ``(N, T, hidden_size)``.
+
+        ``mask``: an attention mask broadcastable to ``(N, heads, T, T)``
+        (``True`` = attend), e.g. ``nnx.make_causal_mask`` for a decoder.
+        """
+        x = x + self.attention(self.norm1(x), mask=mask)
         y = self.mlp_out(jax.nn.gelu(self.mlp_in(self.norm2(x))))
         return x + y
 
