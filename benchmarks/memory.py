@@ -48,6 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import koopax  # noqa: E402
+from koopax._src import tree_math  # noqa: E402
 from benchmarks import common, default_output_dir  # noqa: E402
 
 SECTIONS = ("state", "peak")
@@ -149,7 +150,7 @@ def section_state() -> dict:
               "resnet50_tiny": common.split_flax_model("resnet50", abstract=True)[1]}
     out = {}
     for name, params in models.items():
-        n = koopax.tree_math.tree_size(params)
+        n = tree_math.tree_size(params)
         rows = [state_row(key, params) for key in VARIANTS]
         print(f"\n[state] {name}: {n:,} parameters ({rows[0]['param_bytes'] / 2**20:.2f} MiB); "
               "state bytes / parameter bytes", flush=True)

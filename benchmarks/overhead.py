@@ -56,8 +56,8 @@ import numpy as np  # noqa: E402
 
 import koopax  # noqa: E402
 from benchmarks import common, default_output_dir  # noqa: E402
-from koopax import snapshots, tree_math  # noqa: E402
-from koopax.acceleration import acceleration_operator  # noqa: E402
+from koopax._src import snapshots, tree_math  # noqa: E402
+from koopax._src.kga.operator import acceleration_operator  # noqa: E402
 
 SECTIONS = ("models", "params", "snapshots", "masks")
 MODELS = ("mlp", "fcn", "alexnet", "resnet50")
@@ -267,7 +267,7 @@ def _kga_scaling_point(args, pool, task, num_snapshots) -> dict:
         {name: num_snapshots + 1}, args.repeats)
     runner = runners[name]
     n = tree_math.tree_size(task.params)
-    costs = window_costs(runner.method_state().window, n, runner.params,
+    costs = window_costs(runner.method_state().columns, n, runner.params,
                          max(args.repeats, 3))
     return {"num_params": n, "num_snapshots": num_snapshots, "base": base,
             "kga": stats[name], "ratio": stats[name]["ratio"], **costs}

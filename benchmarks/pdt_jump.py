@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # pragma: no cover
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import koopax  # noqa: E402
-from koopax import snapshots, tree_math  # noqa: E402
+from koopax._src import snapshots, tree_math  # noqa: E402
 
 
 def make_params(num_params, seed=0):
@@ -95,14 +95,11 @@ def measure(num_params, repeats, steps=10, num_snapshots=6):
     p, state = _copy(params), tx.init(params)
     for _ in range(num_snapshots):              # fill the window: next epoch predicts
         p, state = run_pdt(p, state)
-    count = lambda st: int(getattr(st[1], "num_predictions", st[1].num_jumps))
+    count = lambda st: int(st[1].stats.num_predictions)
     jumps_before = count(state)
-    window = state[1].windows[0]
+    window = state[1].window
     coef = jnp.full((num_snapshots - 2,), 0.1, jnp.float32)
-    if isinstance(window, snapshots.RingWindow):
-        one_pass = jax.jit(lambda w: snapshots.ring_combination(w, coef, w.last))
-    else:        # the shift register of koopax <= 0.1 (for A/B runs against it)
-        one_pass = jax.jit(lambda w: tree_math.tree_combination(w.increments[:-1], coef, w.last))
+    one_pass = jax.jit(lambda w: snapshots.ring_combination(w, coef, w.last))
     fns = {
         "sgd": (lambda: (_copy(params), sgd.init(params)), run_sgd),
         "pdt_no_prediction": (lambda: (_copy(params), _copy(fresh)), run_pdt),

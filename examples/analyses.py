@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from examples import landscape
 from koopax import analysis
 from koopax import masks as kmasks
 
@@ -117,7 +118,7 @@ def train_run(method: str, data, *, epochs: int, learning_rate: float = 0.5,
 
 
 def landscape_loss(run: Run, x, y):
-    """``loss_fn(params)`` on a fixed batch ``x``, ``y`` (for ``analysis.loss_landscape``)."""
+    """``loss_fn(params)`` on a fixed batch ``x``, ``y`` (for :func:`examples.landscape.loss_landscape`)."""
     x, y = jnp.asarray(x), jnp.asarray(y)
     trainer = run.trainer
 
@@ -318,14 +319,14 @@ def analyse(runs: dict, data, *, window=4, epsilon=1e-2, grid_size=21, variance_
     """Every analysis of :mod:`koopax.analysis` on ``{'base': Run, 'kga': Run, 'pdt': Run}``."""
     base = runs["base"]
     out = {"eigenvalues": analysis.eigenvalue_history(base.snapshots, window, epsilon=epsilon)}
-    plane = analysis.pca_plane(*(r.snapshots for r in runs.values()))
+    plane = landscape.pca_plane(*(r.snapshots for r in runs.values()))
     span = np.concatenate([np.asarray(c) for c in plane.coordinates])
     lo, hi = span.min(0), span.max(0)
     pad = 0.25 * (hi - lo) + 1e-6
     xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid_size)
     ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid_size)
     loss_fn = landscape_loss(base, data.x_train[:512], data.y_train[:512])
-    grid = analysis.loss_landscape(loss_fn, plane.center, plane.directions[:2], xs, ys)
+    grid = landscape.loss_landscape(loss_fn, plane.center, plane.directions[:2], xs, ys)
     out["plane"] = (plane, grid, xs, ys)
     split = analysis.neutral_reconstruction(base.snapshots)
     mask_set = default_masks(base.snapshots)

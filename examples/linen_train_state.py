@@ -102,7 +102,7 @@ def main(argv=None):
             state, loss = train_step(state, jnp.asarray(xb), jnp.asarray(yb))
             losses.append(loss)
         history.append(float(jnp.mean(jnp.stack(losses))))
-        stable = int(optax.tree_utils.tree_get(state.opt_state, "num_stable"))
+        stable = int(koopax.diagnostics(state.opt_state)["num_stable"].sum())
         print(f"epoch {epoch + 1:3d}  train loss {history[-1]:.4f}  "
               f"KGA stable modes {stable}")
     logits = state.apply_fn({"params": state.params}, jnp.asarray(data.x_test))

@@ -86,6 +86,27 @@ def warmup_steps(total_steps: int) -> int:
     return max(1, round(WARMUP_FRACTION * total_steps))
 
 
+def rate_schedule(learning_rate: float, schedule: str = "constant",
+                  total_steps: int | None = None):
+    """The base's learning rate: a number (``'constant'``) or an optax schedule.
+
+    See :func:`make_base_optimizer` for the schedules; koopax methods built
+    with ``clock='rate'`` receive this schedule as their ``learning_rate``.
+    """
+    check_positive(learning_rate, "learning_rate")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}.")
+    if schedule == "constant":
+        return learning_rate
+    if total_steps is None:
+        raise ValueError(f"total_steps is required with schedule={schedule!r}.")
+    check_positive(total_steps, "total_steps", integer=True)
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(learning_rate, total_steps)
+    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps(total_steps),
+                                              total_steps, end_value=0.0)
+
+
 def make_base_optimizer(name: str, learning_rate: float, *, schedule: str = "constant",
                         total_steps: int | None = None) -> optax.GradientTransformation:
     """The base optimizer: ``'sgd'``, ``'momentum'`` (0.9), ``'adam'``, ``'adamw'`` or
@@ -115,22 +136,13 @@ def make_base_optimizer(name: str, learning_rate: float, *, schedule: str = "con
     check_positive(learning_rate, "learning_rate")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule must be one of {SCHEDULES}; got {schedule!r}.")
-    lr: Any = learning_rate
-    if schedule != "constant":
-        if total_steps is None:
-            raise ValueError(f"total_steps is required with schedule={schedule!r}.")
-        check_positive(total_steps, "total_steps", integer=True)
+    lr = rate_schedule(learning_rate, schedule, total_steps)
     if name == SCHEDULE_FREE:
         # No warmup is ``None``: optax 0.2.8 turns ``warmup_steps=0`` into a schedule that
         # stays at 0 (the optimizer never moves).
         warmup = warmup_steps(total_steps) if schedule == "warmup_cosine" else None
         return optax.contrib.schedule_free_adamw(learning_rate, warmup_steps=warmup,
                                                  weight_decay=ADAMW_WEIGHT_DECAY)
-    if schedule == "cosine":
-        lr = optax.cosine_decay_schedule(learning_rate, total_steps)
-    elif schedule == "warmup_cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps(total_steps),
-                                                total_steps, end_value=0.0)
     if name == "sgd":
         return optax.sgd(lr)
     if name == "momentum":
@@ -163,9 +175,7 @@ def eval_params(opt_state, params):
 
 
 # ------------------------------------------------------------------ koopax constructors
-# Every koopax constructor call of the harness is in this section. koopax is
-# splitting kga's ``efficient=`` and ``mask=`` flags into their own factories;
-# both spellings are accepted until the flags are gone.
+# Every koopax constructor call of the harness is in this section.
 def _kga(extras):
     del extras
     return koopax.kga
@@ -173,8 +183,7 @@ def _kga(extras):
 
 def _efficient_kga(extras):
     del extras
-    factory = getattr(koopax, "efficient_kga", None)
-    return factory if callable(factory) else functools.partial(koopax.kga, efficient=True)
+    return koopax.efficient_kga
 
 
 def _kwm_mask(extras):
@@ -193,10 +202,7 @@ def _kwm_mask(extras):
 
 
 def _kga_kwm(extras):
-    mask = _kwm_mask(extras)
-    factory = getattr(koopax, "masked_kga", None)   # the module until the split lands
-    return functools.partial(factory, mask) if callable(factory) \
-        else functools.partial(koopax.kga, mask=mask)
+    return functools.partial(koopax.masked_kga, _kwm_mask(extras))
 
 
 def _pdt(extras):
@@ -218,7 +224,7 @@ def _dmd_prediction(mode):
 
 # --------------------------------------------------------------------------- registry
 #: Arguments the registry fixes itself: not options of any method.
-FIXED_ARGUMENTS = frozenset({"mask", "efficient", "mode"})
+FIXED_ARGUMENTS = frozenset({"mask", "mode"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,13 +262,28 @@ class Method:
                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         return frozenset((names - FIXED_ARGUMENTS) | set(self.extras))
 
-    def build(self, options: Mapping[str, Any], steps_per_epoch: int):
-        """The transformation with ``options`` over the defaults (see :func:`options_for`)."""
+    def build(self, options: Mapping[str, Any], steps_per_epoch: int, *,
+              learning_rate=None, total_steps: int | None = None):
+        """The transformation with ``options`` over the defaults (see :func:`options_for`).
+
+        ``learning_rate`` (the base's number or schedule) and ``total_steps``
+        reach a koopax method built with the option ``clock='rate'`` (snapshots
+        at equal increments of the integrated rate; :func:`koopax.kga`).
+        """
         check_positive(steps_per_epoch, "steps_per_epoch", integer=True)
         opts = options_for(self.name, options)
         extras = {k: opts.pop(k) for k in self.extras}
         if opts.get("snapshot_every") is None and "snapshot_every" in self.options():
             opts["snapshot_every"] = steps_per_epoch
+        clock = extras.pop("clock", "steps")
+        if clock not in CLOCKS:
+            raise ValueError(f"{self.name}: clock must be one of {CLOCKS}; got {clock!r}.")
+        if clock == "rate":
+            if learning_rate is None or total_steps is None:
+                raise ValueError(f"{self.name}: clock='rate' needs the base's learning_rate "
+                                 "and total_steps.")
+            opts.setdefault("learning_rate", learning_rate)
+            opts.setdefault("total_steps", total_steps)
         return self.factory(extras)(**opts)
 
 
@@ -272,6 +293,11 @@ KGA_DEFAULTS: dict = {name: inspect.signature(koopax.kga).parameters[name].defau
                       for name in ("alpha", "num_snapshots")}
 KWM_EXTRAS = dict(kwm_epsilon=0.03, kwm_window=3, kwm_relative=True, kwm_every=1,
                   kwm_capacity=0.5)
+#: ``clock``: ``'steps'`` (a snapshot every ``snapshot_every`` steps) or ``'rate'``
+#: (the base's schedule and the run's length reach the method: snapshots at equal
+#: increments of the integrated learning rate).
+CLOCKS = ("steps", "rate")
+CLOCK_EXTRAS = dict(clock="steps")
 
 METHODS: dict[str, Method] = {}
 
@@ -287,21 +313,18 @@ def register_method(method: Method) -> None:
 
 
 register_method(Method("kga", "KGA-Epoch (koopax.kga, a snapshot every epoch by default)",
-                       _kga, KGA_DEFAULTS))
+                       _kga, KGA_DEFAULTS, CLOCK_EXTRAS))
 register_method(Method("kga_efficient", "Efficient-KGA (koopax.efficient_kga)",
-                       _efficient_kga, KGA_DEFAULTS))
+                       _efficient_kga, KGA_DEFAULTS, CLOCK_EXTRAS))
 register_method(Method("kga_kwm", "KGA with the Koopman weight mask "
                        "(koopax.masked_kga(koopax.masks.kwm(...)))",
-                       _kga_kwm, KGA_DEFAULTS, KWM_EXTRAS))
-# ``koopax.pdt`` is also the name of a submodule: only a callable counts.
-if callable(getattr(koopax, "pdt", None)):
-    register_method(Method("pdt", "PDT: masked DMD weight prediction with rollback "
-                           "(koopax.pdt)", _pdt))
-if callable(getattr(koopax, "dmd_prediction", None)):
-    register_method(Method("dogra", "unmasked per-layer DMD jumps "
-                           "(koopax.dmd_prediction(mode='dogra'))", _dmd_prediction("dogra")))
-    register_method(Method("tano", "DMD jumps until the loss rises "
-                           "(koopax.dmd_prediction(mode='tano'))", _dmd_prediction("tano")))
+                       _kga_kwm, KGA_DEFAULTS, {**KWM_EXTRAS, **CLOCK_EXTRAS}))
+register_method(Method("pdt", "PDT: masked DMD weight prediction with rollback (koopax.pdt)",
+                       _pdt, extras=CLOCK_EXTRAS))
+register_method(Method("dogra", "unmasked per-layer DMD jumps "
+                       "(koopax.dmd_prediction(mode='dogra'))", _dmd_prediction("dogra")))
+register_method(Method("tano", "DMD jumps until the loss rises "
+                       "(koopax.dmd_prediction(mode='tano'))", _dmd_prediction("tano")))
 
 register_method(Method("control", "no-DMD control: every snapshot period, add beta times "
                        "the period's displacement (examples.controls.period_extrapolation)",
@@ -336,18 +359,22 @@ def options_for(name: str, options: Mapping[str, Any] | None = None) -> dict[str
 
 
 def build_optimizer(name: str, base: optax.GradientTransformation,
-                    options: Mapping[str, Any] | None, steps_per_epoch: int
+                    options: Mapping[str, Any] | None, steps_per_epoch: int, *,
+                    learning_rate=None, total_steps: int | None = None
                     ) -> optax.GradientTransformationExtraArgs:
     """``base`` alone (``name='base'``) or ``optax.chain(base, <method name>)``.
 
-    The result always accepts extra keyword arguments (``value=loss``).
+    ``learning_rate`` and ``total_steps`` go to :meth:`Method.build`. The
+    result always accepts extra keyword arguments (``value=loss``).
     """
     check_positive(steps_per_epoch, "steps_per_epoch", integer=True)
     if name == "base":
         if options:
             raise ValueError(f"base: takes no options; got {sorted(options)}.")
         return optax.with_extra_args_support(base)
-    return optax.chain(base, method(name).build(options or {}, steps_per_epoch))
+    return optax.chain(base, method(name).build(options or {}, steps_per_epoch,
+                                                learning_rate=learning_rate,
+                                                total_steps=total_steps))
 
 
 # ----------------------------------------------------------------------- diagnostics

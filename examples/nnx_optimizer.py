@@ -82,10 +82,10 @@ def main(argv=None):
                   for xb, yb in batches(data.x_train, data.y_train, args.batch_size, rng=rng)]
         history.append(float(jnp.mean(jnp.stack(losses))))
         # KGA's diagnostics live in the optimizer state.
-        state = nnx.as_pure(optimizer.opt_state)
-        stable = int(optax.tree_utils.tree_get(state, "num_stable"))
-        eigs = np.asarray(optax.tree_utils.tree_get(state, "eigenvalues"))
-        rank = int(optax.tree_utils.tree_get(state, "rank"))
+        d = koopax.diagnostics(nnx.as_pure(optimizer.opt_state))
+        stable = int(d["num_stable"].sum())
+        eigs = np.asarray(d["eigenvalues"][0])
+        rank = int(d["rank"][0])
         top = ", ".join(f"{abs(v):.3f}" for v in eigs[:rank])
         print(f"epoch {epoch + 1:3d}  train loss {history[-1]:.4f}  "
               f"stable modes {stable}  |eigenvalues| [{top}]")

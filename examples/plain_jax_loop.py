@@ -114,10 +114,10 @@ def main(argv=None):
                                        batch_size=args.batch_size, seed=args.seed)
         elapsed = time.perf_counter() - t0
         line = f"{name:8s} final loss {curves[name][-1]:.5f}  best {min(curves[name]):.5f}"
-        stable = optax.tree_utils.tree_get(state, "num_stable")
-        if stable is not None:
-            line += (f"  (DMD refreshes {int(optax.tree_utils.tree_get(state, 'num_refreshes'))}"
-                     f", stable modes {int(stable)})")
+        if koopax.find_states(state):
+            d = koopax.diagnostics(state)     # koopax's state, found by type
+            line += (f"  (DMD refreshes {int(d['num_refreshes'])}"
+                     f", stable modes {int(d['num_stable'].sum())})")
         print(line + f"  [{elapsed:.1f} s incl. compile]")
     every = max(1, args.epochs // 6)
     print("epoch  " + "  ".join(f"{n:>9s}" for n in curves))

@@ -713,11 +713,14 @@ def _runners(config, data, make_model, first, measure=True):
     runners, info = {}, {}
     for name in _progress(config, iterable=list(rows), desc="compile", leave=False):
         row = rows[name]
+        total = steps * config.epochs
         base = registry.make_base_optimizer(
             row["optimizer"], row["learning_rate"], schedule=config.schedule,
-            total_steps=steps * config.epochs)
+            total_steps=total)
+        rate = registry.rate_schedule(row["learning_rate"], config.schedule, total)
         runner = Runner(task, registry.build_optimizer(row["method"], base, row["options"],
-                                                       steps), name)
+                                                       steps, learning_rate=rate,
+                                                       total_steps=total), name)
         compile_s = runner.compile(first)
         flops = runner.step_flops(jax.tree.map(lambda a: a[0], first)) if measure else None
         if measure:

@@ -90,8 +90,8 @@ class Clock:
         """The clock's state: ``()`` for a step clock."""
         if not self.counts_rate:
             return ()
-        zero = jnp.zeros((), jnp.float32)
-        return ClockState(zero, zero, zero)
+        zero = lambda: jnp.zeros((), jnp.float32)  # distinct buffers: a state may be donated
+        return ClockState(zero(), zero(), zero())
 
     def rate(self, count) -> jax.Array:
         """``eta`` of step ``count`` (float32)."""

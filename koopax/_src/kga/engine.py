@@ -172,13 +172,13 @@ def _init(cfg: Settings, columns: Columns, params) -> KGAState:
     dtype = columns.snapshot_dtype if cfg.strategy == "increment" else None
     pending = () if cfg.strategy == "each" else jax.tree.map(
         lambda p: jnp.zeros_like(p, dtype=dtype), params)
-    zero = jnp.zeros((), jnp.int32)
+    zero = lambda: jnp.zeros((), jnp.int32)   # distinct buffers: a state may be donated
     return KGAState(
-        count=zero, clock=cfg.clock.init(), columns=store,
+        count=zero(), clock=cfg.clock.init(), columns=store,
         operator=op_lib.init_operator(blocks.count, width, columns.window_size - 1),
         applied=jnp.zeros((len(jax.tree.leaves(params)), width), jnp.float32),
         pending=pending, valve=loss_tracking.init_valve(),
-        num_refreshes=zero, num_nonfinite=zero, num_clipped=zero)
+        num_refreshes=zero(), num_nonfinite=zero(), num_clipped=zero())
 
 
 def _refresh(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, params, ok):
