@@ -149,6 +149,8 @@ def methods(steps_per_epoch, names):
         "pdt_authors_schedule": lambda: koopax.pdt(snapshot_every=steps_per_epoch,
                                                    rollback=False, authors_schedule=True),
         "pdt_svht": lambda: koopax.pdt(snapshot_every=steps_per_epoch, rank="svht"),
+        "pdt_rcond0.1": lambda: koopax.pdt(snapshot_every=steps_per_epoch, rcond=0.1),
+        "pdt_rcond0.2": lambda: koopax.pdt(snapshot_every=steps_per_epoch, rcond=0.2),
     }
     unknown = sorted(set(names) - set(table))
     if unknown:

@@ -79,7 +79,7 @@ from examples.train import Config  # noqa: E402
 #: Task -> harness settings; ``lr`` is where every rate sweep starts.
 TASKS: dict[str, dict[str, Any]] = {
     "char_lm": dict(dataset="text", model="transformer", size="full", batch_size=32,
-                    epochs=30, steps_per_epoch=50, lr=2e-3),
+                    epochs=30, steps_per_epoch=50, lr=4e-3),
     "vit": dict(dataset="digits", model="vit", size="tiny", batch_size=32, epochs=30,
                 steps_per_epoch=None, lr=2e-3),
 }

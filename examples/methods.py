@@ -275,8 +275,8 @@ class Method:
         extras = {k: opts.pop(k) for k in self.extras}
         if opts.get("snapshot_every") is None and "snapshot_every" in self.options():
             opts["snapshot_every"] = steps_per_epoch
-        clock = extras.pop("clock", "steps")
-        if clock not in CLOCKS:
+        clock = extras.pop("clock", None)
+        if clock is not None and clock not in CLOCKS:
             raise ValueError(f"{self.name}: clock must be one of {CLOCKS}; got {clock!r}.")
         if clock == "rate":
             if learning_rate is None or total_steps is None:
@@ -293,11 +293,13 @@ KGA_DEFAULTS: dict = {name: inspect.signature(koopax.kga).parameters[name].defau
                       for name in ("alpha", "num_snapshots")}
 KWM_EXTRAS = dict(kwm_epsilon=0.03, kwm_window=3, kwm_relative=True, kwm_every=1,
                   kwm_capacity=0.5)
-#: ``clock``: ``'steps'`` (a snapshot every ``snapshot_every`` steps) or ``'rate'``
-#: (the base's schedule and the run's length reach the method: snapshots at equal
-#: increments of the integrated learning rate).
+#: ``clock``: ``'rate'`` (the default: the base's learning rate, a number or a
+#: schedule, and the run's length reach the method: under a schedule snapshots
+#: come at equal increments of the integrated learning rate, and no correction or
+#: prediction reaches past the run's end) or ``'steps'`` (a snapshot every
+#: ``snapshot_every`` steps, the run's length unknown to the method).
 CLOCKS = ("steps", "rate")
-CLOCK_EXTRAS = dict(clock="steps")
+CLOCK_EXTRAS = dict(clock="rate")
 
 METHODS: dict[str, Method] = {}
 
@@ -321,6 +323,10 @@ register_method(Method("kga_kwm", "KGA with the Koopman weight mask "
                        _kga_kwm, KGA_DEFAULTS, {**KWM_EXTRAS, **CLOCK_EXTRAS}))
 register_method(Method("pdt", "PDT: masked DMD weight prediction with rollback (koopax.pdt)",
                        _pdt, extras=CLOCK_EXTRAS))
+register_method(Method("kga_layer", "KGA with one DMD per layer (koopax.kga(blocks='layer'))",
+                       _kga, {**KGA_DEFAULTS, "blocks": "layer"}, CLOCK_EXTRAS))
+register_method(Method("pdt_layer", "PDT with one DMD per layer (koopax.pdt(blocks='layer'))",
+                       _pdt, {"blocks": "layer"}, CLOCK_EXTRAS))
 register_method(Method("dogra", "unmasked per-layer DMD jumps "
                        "(koopax.dmd_prediction(mode='dogra'))", _dmd_prediction("dogra")))
 register_method(Method("tano", "DMD jumps until the loss rises "
@@ -332,7 +338,7 @@ register_method(Method("control", "no-DMD control: every snapshot period, add be
 
 #: The methods whose ``alpha`` / ``num_snapshots`` the CLI's ``--alpha`` and
 #: ``--num-snapshots`` set.
-KGA_FAMILY = ("kga", "kga_efficient", "kga_kwm")
+KGA_FAMILY = ("kga", "kga_efficient", "kga_kwm", "kga_layer")
 
 
 def method(name: str) -> Method:

@@ -121,7 +121,9 @@ _WINDOW = dict(num_snapshots=4, snapshot_every=2)
 
 
 def _kga_ran(s):
-    return int(s.num_refreshes) > 0 and int(s.operator.num_stable.sum()) > 0
+    """Refreshed, and corrected (an amplified mode now, or a correction rolled back)."""
+    return int(s.num_refreshes) > 0 and (int(s.operator.num_stable.sum()) > 0
+                                         or int(s.rollback.num_rollbacks) > 0)
 
 
 def _masked_ran(s):
@@ -150,7 +152,8 @@ def _kga(checks, factory=koopax.kga, **kw):
     kw = dict(alpha=1.0, **_WINDOW, **kw)
     return Config("kga", factory, kw, CORE | checks | {"identity"}, _KGA_TRACEABLE, _kga_ran,
                   lambda s: int(s.valve.num_backoffs) > 0,
-                  {"alpha=0": ("per_call", lambda: factory(**{**kw, "alpha": 0.0}))})
+                  {"alpha=0": ("per_call", lambda: factory(**{**kw, "alpha": 0.0}))},
+                  needs_value=True)
 
 
 def _masked(mask, keeps_nothing, apply_every, checks, auto_axes=False):
@@ -159,7 +162,7 @@ def _masked(mask, keeps_nothing, apply_every, checks, auto_axes=False):
         "per_call", lambda: koopax.masked_kga(**{**kw, "mask": keeps_nothing()}))}
     return Config("masked", koopax.masked_kga, kw, CORE | checks, _KGA_TRACEABLE, _masked_ran,
                   lambda s: int(s.valve.num_backoffs) > 0, limits, explicit_bug=True,
-                  auto_axes=auto_axes)
+                  auto_axes=auto_axes, needs_value=True)
 
 
 def _norm(threshold=0.3):

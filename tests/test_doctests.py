@@ -25,7 +25,7 @@ DOCUMENTED = ("koopax._src.analysis", "koopax._src.blocks", "koopax._src.clock",
               "koopax._src.control", "koopax._src.diagnostics", "koopax._src.dmd",
               "koopax._src.kga.basis", "koopax._src.kga.masked", "koopax._src.kga.operator",
               "koopax._src.kga.window", "koopax._src.loss_tracking", "koopax._src.masks",
-              "koopax._src.pdt.rollback", "koopax._src.pdt.schedule",
+              "koopax._src.pdt.schedule", "koopax._src.restore",
               "koopax._src.snapshots", "koopax._src.tree_math")
 
 

@@ -14,6 +14,7 @@ import optax
 import pytest
 
 import koopax
+import no_rollback
 from koopax._src import tree_math
 
 from helpers import assert_trees_equal
@@ -51,12 +52,12 @@ def train(tx, loss, params, steps, nan_at=None, value=False):
 
 
 FACTORIES = {   # every update corrected (apply_every=1) unless the name says otherwise
-    "kga": functools.partial(koopax.kga, apply_every=1),
-    "efficient": functools.partial(koopax.efficient_kga, apply_every=1),
-    "efficient-fixed": functools.partial(koopax.efficient_kga, refresh_every=None,
+    "kga": functools.partial(no_rollback.kga, apply_every=1),
+    "efficient": functools.partial(no_rollback.efficient_kga, apply_every=1),
+    "efficient-fixed": functools.partial(no_rollback.efficient_kga, refresh_every=None,
                                          apply_every=1),
-    "kga-increment": functools.partial(koopax.kga, apply_every=None),
-    "kga-sum": functools.partial(koopax.kga, apply_every=2),
+    "kga-increment": functools.partial(no_rollback.kga, apply_every=None),
+    "kga-sum": functools.partial(no_rollback.kga, apply_every=2),
 }
 KGA_VARIANTS = [pytest.param(f, id=k) for k, f in FACTORIES.items()]
 
@@ -82,7 +83,7 @@ def test_kga_reaches_lower_loss_than_sgd_on_a_quadratic(variant):
     _, state, got, _ = train(tx, loss, params, 400)
     assert got[-1] < 0.85 * base[-1]   # the per-leaf bound costs the fixed basis a little
     assert got[200] < base[200]
-    assert int(state[1].operator.num_stable.sum()) >= 1
+    assert int(state[1].num_refreshes) >= 30
     # The window's whole signal (rank=None, PDT's default): still faster.
     tx = optax.chain(optax.sgd(0.5), variant(1.0, num_snapshots=6, snapshot_every=10,
                                                 rank=None))
@@ -123,7 +124,7 @@ def test_update_matches_the_paper_equations_and_scales_stable_modes():
     # (1 + alpha lambda) and leave the rest.
     rng, basis, lam, snaps = linear_increment_snapshots()
     n, h = snaps.shape[1], snaps.shape[0]
-    tx = koopax.kga(0.7, num_snapshots=h, snapshot_every=1, epsilon=0.02, rank=3)
+    tx = no_rollback.kga(0.7, num_snapshots=h, snapshot_every=1, epsilon=0.02, rank=3)
     state = tx.init(jnp.zeros(n))
     update = jax.jit(tx.update)
     zero = jnp.zeros(n)
@@ -136,7 +137,7 @@ def test_update_matches_the_paper_equations_and_scales_stable_modes():
     # The next call records no snapshot (count % 1 == 0 records: feed the same
     # weights again would add a zero increment), so check with snapshot_every=1
     # on a copy of the state whose count is shifted to a non-snapshot step.
-    tx2 = koopax.kga(0.7, num_snapshots=h, snapshot_every=1000, epsilon=0.02, rank=3,
+    tx2 = no_rollback.kga(0.7, num_snapshots=h, snapshot_every=1000, epsilon=0.02, rank=3,
                      apply_every=1)
     out, _ = tx2.update(jnp.asarray(u, jnp.float32), state._replace(count=jnp.int32(1)),
                         jnp.zeros(n))
@@ -190,7 +191,7 @@ def test_gain_is_bounded_whatever_alpha(variant):
 
 def test_bf16_snapshot_storage():
     loss, params = quadratic_problem()
-    tx = koopax.kga(1.0, num_snapshots=6, snapshot_every=10, snapshot_dtype=jnp.bfloat16)
+    tx = no_rollback.kga(1.0, num_snapshots=6, snapshot_every=10, snapshot_dtype=jnp.bfloat16)
     state = tx.init(params)
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.columns.slots))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.columns.last))
@@ -212,7 +213,7 @@ def test_unguarded_nan_gradient_is_counted_and_never_enters_the_state(variant):
 
 def test_non_finite_acceleration_falls_back_to_the_base_update():
     loss, params = quadratic_problem()
-    tx = optax.chain(optax.sgd(0.5), koopax.kga(5.0, num_snapshots=4, snapshot_every=5,
+    tx = optax.chain(optax.sgd(0.5), no_rollback.kga(5.0, num_snapshots=4, snapshot_every=5,
                                                 apply_every=1))
     _, state, _, _ = train(tx, loss, params, 40)
     kstate = state[1]._replace(count=jnp.int32(1))
@@ -222,7 +223,7 @@ def test_non_finite_acceleration_falls_back_to_the_base_update():
     huge = jax.tree.map(lambda x: jnp.full(x.shape, 3e30, x.dtype), params)
     kstate = kstate._replace(operator=kstate.operator._replace(
         coefficients=kstate.operator.coefficients * 1e30))
-    tx_k = koopax.kga(5.0, num_snapshots=4, snapshot_every=5, apply_every=1)
+    tx_k = no_rollback.kga(5.0, num_snapshots=4, snapshot_every=5, apply_every=1)
     out, new = jax.jit(tx_k.update)(huge, kstate, params)
     assert_trees_equal(out, huge)
     assert int(new.num_nonfinite) == int(kstate.num_nonfinite) + 1
@@ -236,7 +237,7 @@ def test_non_finite_acceleration_falls_back_to_the_base_update():
 
 def test_state_diagnostics_are_readable_with_tree_get():
     loss, params = quadratic_problem()
-    tx = optax.chain(optax.sgd(0.5), koopax.kga(1.0, num_snapshots=5, snapshot_every=5))
+    tx = optax.chain(optax.sgd(0.5), no_rollback.kga(1.0, num_snapshots=5, snapshot_every=5))
     _, state, _, _ = train(tx, loss, params, 40)
     assert optax.tree_utils.tree_get(state, "num_refreshes") > 0
     assert optax.tree_utils.tree_get(state, "eigenvalues").shape == (1, 3)
@@ -266,14 +267,14 @@ BAD_ARGS = [
 @pytest.mark.parametrize("kwargs, name", BAD_ARGS)
 def test_bad_arguments_raise_value_error_naming_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
-        koopax.kga(**kwargs)
+        no_rollback.kga(**kwargs)
 
 
 def test_state_memory_multiples():
     params = {"w": jnp.zeros((1000, 100)), "b": jnp.zeros((100,))}
     pbytes = sum(x.nbytes for x in jax.tree.leaves(params))
 
-    def ratio(factory=koopax.kga, **kw):
+    def ratio(factory=no_rollback.kga, **kw):
         shapes = jax.eval_shape(factory(1.0, **kw).init, params)
         return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)) / pbytes
 
@@ -285,7 +286,7 @@ def test_state_memory_multiples():
     assert ratio(num_snapshots=h) <= h + 1 + 0.01
     assert ratio(num_snapshots=h, snapshot_dtype=jnp.bfloat16) <= 1 + h / 2 + 0.01
     assert ratio(num_snapshots=h, apply_every=3) <= h + 1 + 0.01
-    assert ratio(koopax.efficient_kga, num_snapshots=h, rank=3) <= 3 + 1 + 0.01
+    assert ratio(no_rollback.efficient_kga, num_snapshots=h, rank=3) <= 3 + 1 + 0.01
 
 
 def _sub_jaxprs(params):
@@ -316,7 +317,7 @@ def test_no_gate_carries_the_update(apply_every):
     (``apply_every=1`` reads the update twice, for its products and its correction, and
     the sum strategy accumulates it in a buffer: both materialise it anyway.)"""
     params = {"w": jnp.ones((8, 4)), "b": jnp.ones(4)}
-    tx = koopax.kga(1.0, num_snapshots=4, snapshot_every=4, apply_every=apply_every)
+    tx = no_rollback.kga(1.0, num_snapshots=4, snapshot_every=4, apply_every=apply_every)
     state = tx.init(params)
     closed = jax.make_jaxpr(lambda u, s, p: tx.update(u, s, p))(params, state, params)
     num_update_leaves = len(jax.tree.leaves(params))
@@ -330,7 +331,7 @@ def test_the_valve_closes_its_period_inside_the_snapshot_gate():
     snapshot gate only: computed at every step and selected, they were dozens of scalar
     kernels per step, more than a small model's step costs."""
     params = {"w": jnp.ones((8, 4))}
-    for factory in (koopax.kga, koopax.efficient_kga):
+    for factory in (no_rollback.kga, no_rollback.efficient_kga):
         tx = factory(1.0, num_snapshots=4, snapshot_every=4)
         state = tx.init(params)
         closed = jax.make_jaxpr(lambda u, s, p, v: tx.update(u, s, p, value=v))(

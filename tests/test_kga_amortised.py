@@ -11,6 +11,7 @@ import optax
 import pytest
 
 import koopax
+import no_rollback
 from koopax._src import tree_math
 from koopax._src.blocks import Blocks
 from koopax._src.kga import engine as kga_engine, operator as acceleration
@@ -31,10 +32,10 @@ def _two_quadratics():
 
 
 FACTORIES = {
-    "kga": functools.partial(koopax.kga, num_snapshots=4, snapshot_every=2, apply_every=1),
-    "efficient": functools.partial(koopax.efficient_kga, num_snapshots=4, snapshot_every=2,
+    "kga": functools.partial(no_rollback.kga, num_snapshots=4, snapshot_every=2, apply_every=1),
+    "efficient": functools.partial(no_rollback.efficient_kga, num_snapshots=4, snapshot_every=2,
                                    apply_every=1),
-    "masked": functools.partial(koopax.masked_kga, koopax.masks.norm(0.0, capacity=1.0),
+    "masked": functools.partial(no_rollback.masked_kga, koopax.masks.norm(0.0, capacity=1.0),
                                 num_snapshots=4, snapshot_every=2, apply_every=1),
 }
 
@@ -135,7 +136,7 @@ def test_increment_strategy_equals_the_summed_one():
     coordinates (X^T d - G a_prev): the same as summing the base updates of the
     period in a buffer, which the "sum" strategy does explicitly."""
     loss, params = quadratic_problem()
-    kga = koopax.kga(1.0, num_snapshots=5, snapshot_every=4, apply_every=4)
+    kga = no_rollback.kga(1.0, num_snapshots=5, snapshot_every=4, apply_every=4)
     p1, s1, _ = _train(optax.chain(optax.sgd(0.5), kga), loss, params, 60)
     p2, s2, _ = _train(optax.chain(optax.sgd(0.5), _with_strategy(kga, "sum")), loss, params, 60)
     assert int(s1[1].num_refreshes) == int(s2[1].num_refreshes) > 5
@@ -146,7 +147,7 @@ def test_increment_strategy_equals_the_summed_one():
 
 def test_increment_strategy_leaves_steps_between_snapshots_untouched():
     loss, params = quadratic_problem()
-    tx = optax.chain(optax.sgd(0.5), koopax.kga(1.0, num_snapshots=5, snapshot_every=4,
+    tx = optax.chain(optax.sgd(0.5), no_rollback.kga(1.0, num_snapshots=5, snapshot_every=4,
                                                 apply_every=None))
     _, state, history = _train(tx, loss, params, 40)
     changed = []
@@ -164,7 +165,7 @@ def test_summed_strategy_against_numpy():
     k previous base updates) is added; every other step passes unchanged."""
     loss, params = quadratic_problem()
     k = 3
-    tx = koopax.kga(1.0, num_snapshots=5, snapshot_every=5, apply_every=k)
+    tx = no_rollback.kga(1.0, num_snapshots=5, snapshot_every=5, apply_every=k)
     state = tx.init(params)
     update = jax.jit(tx.update)
     p = params
@@ -193,14 +194,18 @@ def test_summed_strategy_against_numpy():
 
 def test_valve_backs_off_a_destabilising_alpha():
     loss, params = quadratic_problem()
-    make = lambda: optax.chain(optax.sgd(0.5), koopax.kga(1e6, num_snapshots=5, snapshot_every=5,
+    make = lambda: optax.chain(optax.sgd(0.5), no_rollback.kga(1e6, num_snapshots=5, snapshot_every=5,
                                                           apply_every=None))
     p_without, s_without, _ = _train(make(), loss, params, 400)
     p_with, s_with, _ = _train(make(), loss, params, 400, value=True)
     p_base, _, _ = _train(optax.sgd(0.5), loss, params, 400)
     assert int(s_without[1].valve.num_backoffs) == 0 and float(s_without[1].valve.alpha_factor) == 1.0
     assert int(s_with[1].valve.num_backoffs) >= 1
-    assert float(loss(p_with)) < 0.5 * float(loss(p_base)) < float(loss(p_without))
+    # Amplifying only the modes that decay forward keeps even this alpha from
+    # destabilising the quadratic (it ended at 11x SGD's loss when negative
+    # eigenvalues were amplified too); tests/test_safety.py has a run it does destabilise.
+    assert float(loss(p_with)) < 0.5 * float(loss(p_base))
+    assert float(loss(p_without)) < 0.5 * float(loss(p_base))
 
 
 def test_efficient_kga_matches_the_numpy_reference():
@@ -208,7 +213,7 @@ def test_efficient_kga_matches_the_numpy_reference():
     dynamics its update is the paper's (NumPy, exact eigendecomposition)."""
     rng, _, _, snaps = linear_increment_snapshots()
     n, h = snaps.shape[1], snaps.shape[0]
-    tx = koopax.efficient_kga(0.7, num_snapshots=h, snapshot_every=1, epsilon=0.02, rank=3,
+    tx = no_rollback.efficient_kga(0.7, num_snapshots=h, snapshot_every=1, epsilon=0.02, rank=3,
                               refresh_every=None)
     state = tx.init(jnp.zeros(n))
     update = jax.jit(tx.update)
@@ -216,7 +221,7 @@ def test_efficient_kga_matches_the_numpy_reference():
         _, state = update(jnp.zeros(n), state, jnp.asarray(w, jnp.float32))
     assert int(state.columns.basis_filled) == 3 and int(state.operator.num_stable[0]) == 2
     u = rng.normal(size=n)
-    probe = koopax.efficient_kga(0.7, num_snapshots=h, snapshot_every=10**6, epsilon=0.02,
+    probe = no_rollback.efficient_kga(0.7, num_snapshots=h, snapshot_every=10**6, epsilon=0.02,
                                  rank=3, refresh_every=None)
     out, _ = probe.update(jnp.asarray(u, jnp.float32), state._replace(count=jnp.int32(1)),
                           jnp.zeros(n))
@@ -239,17 +244,17 @@ def test_efficient_kga_iter_does_no_worse_than_the_base_over_a_long_run():
         return float(loss(p))
 
     base = final_loss(optax.sgd(0.5))
-    got = final_loss(optax.chain(optax.sgd(0.5), koopax.efficient_kga(
+    got = final_loss(optax.chain(optax.sgd(0.5), no_rollback.efficient_kga(
         1.0, num_snapshots=6, snapshot_every=1)))
     assert np.isfinite(got) and got <= 1.05 * base
 
 
 def test_apply_every_needs_to_be_static_and_positive():
     with pytest.raises(ValueError, match="apply_every"):
-        koopax.kga(apply_every=0)
+        no_rollback.kga(apply_every=0)
     with pytest.raises(TypeError, match="apply_every.*static_args"):
-        koopax.kga(apply_every=jnp.asarray(3))
-    assert tree_math.tree_size(koopax.kga(apply_every=7, snapshot_every=5).init(
+        no_rollback.kga(apply_every=jnp.asarray(3))
+    assert tree_math.tree_size(no_rollback.kga(apply_every=7, snapshot_every=5).init(
         {"w": jnp.zeros(3)}).pending) == 3
 
 
@@ -259,12 +264,12 @@ def test_masked_increment_strategy():
     loss, params = quadratic_problem()
     run = lambda tx: _train(optax.chain(optax.sgd(0.5), tx), loss, params, 200)
     common = dict(num_snapshots=5, snapshot_every=4)
-    p_kga, _, _ = run(koopax.kga(1.0, **common))
+    p_kga, _, _ = run(no_rollback.kga(1.0, **common))
     never = koopax.masks.norm(0.0, capacity=1.0, start=10**9)
-    p_never, _, _ = run(koopax.masked_kga(never, 1.0, **common))
+    p_never, _, _ = run(no_rollback.masked_kga(never, 1.0, **common))
     for a, b in zip(jax.tree.leaves(p_kga), jax.tree.leaves(p_never)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    p_mask, s_mask, _ = run(koopax.masked_kga(koopax.masks.norm(0.3, capacity=0.8), 1.0,
+    p_mask, s_mask, _ = run(no_rollback.masked_kga(koopax.masks.norm(0.3, capacity=0.8), 1.0,
                                               **common))
     p_base, _, _ = _train(optax.sgd(0.5), loss, params, 200)
     assert bool(s_mask[1].columns.compact) and int(s_mask[1].columns.num_mask_updates) > 5
@@ -276,7 +281,7 @@ def test_a_non_finite_snapshot_is_skipped_without_a_gate(apply_every):
     """The snapshot of non-finite params leaves the window, the operator and the
     update untouched (selects in the push's own pass) and is counted."""
     loss, params = quadratic_problem()
-    tx = koopax.kga(1.0, num_snapshots=4, snapshot_every=5, apply_every=apply_every)
+    tx = no_rollback.kga(1.0, num_snapshots=4, snapshot_every=5, apply_every=apply_every)
     chain = optax.chain(optax.sgd(0.5), tx)
     _, state, _ = _train(chain, loss, params, 40)
     st = state[1]._replace(count=jnp.int32(0))

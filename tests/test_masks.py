@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import koopax
+import no_rollback
 from koopax._src import masks
 
 from helpers import assert_trees_close
@@ -195,7 +196,7 @@ def _make_step(tx, grad):
 def test_kga_kwm_masks_frozen_weights_and_only_grows():
     params, hess, grad = _quadratic()
     mk = masks.kwm(1e-4, window=4, capacity=0.75)
-    tx = optax.chain(optax.sgd(0.9), koopax.masked_kga(mk, 0.5, num_snapshots=6, snapshot_every=2,
+    tx = optax.chain(optax.sgd(0.9), no_rollback.masked_kga(mk, 0.5, num_snapshots=6, snapshot_every=2,
                                                            apply_every=1))
     step = _make_step(tx, grad)
     p, st = params, tx.init(params)
@@ -226,8 +227,8 @@ def test_kga_kwm_masks_frozen_weights_and_only_grows():
 
 def test_kga_mask_keeping_everything_equals_kga():
     params, _, grad = _quadratic()
-    plain = optax.chain(optax.sgd(0.9), koopax.kga(0.5, num_snapshots=5, snapshot_every=2))
-    masked = optax.chain(optax.sgd(0.9), koopax.masked_kga(masks.norm(0.0, capacity=1.0), 0.5,
+    plain = optax.chain(optax.sgd(0.9), no_rollback.kga(0.5, num_snapshots=5, snapshot_every=2))
+    masked = optax.chain(optax.sgd(0.9), no_rollback.masked_kga(masks.norm(0.0, capacity=1.0), 0.5,
                                                            num_snapshots=5, snapshot_every=2))
     out = []
     for tx in (plain, masked):
@@ -247,7 +248,7 @@ def norm_run():
     """One compiled norm-masked KGA update shared by the tests below."""
     params, _, grad = _quadratic()
     mk = masks.norm(0.6, capacity=0.5, start=7)
-    tx = optax.chain(optax.sgd(0.9), koopax.masked_kga(mk, 0.5, num_snapshots=5, snapshot_every=2,
+    tx = optax.chain(optax.sgd(0.9), no_rollback.masked_kga(mk, 0.5, num_snapshots=5, snapshot_every=2,
                                                            apply_every=1))
     update = jax.jit(tx.update)
 
@@ -337,8 +338,8 @@ def test_kga_mask_nonfinite_inputs_keep_compact_state_clean(norm_run):
     (lambda: masks.kwm(-1e-3), "epsilon"),
     (lambda: masks.kwm(1e-3, neutral_epsilon=1.5), "neutral_epsilon"),
     (lambda: masks.kwm(1e-3, rank=0), "rank"),
-    (lambda: koopax.masked_kga("norm"), "mask"),
-    (lambda: koopax.masked_kga(masks.delta(0.1, window=5), num_snapshots=4), "num_snapshots"),
+    (lambda: no_rollback.masked_kga("norm"), "mask"),
+    (lambda: no_rollback.masked_kga(masks.delta(0.1, window=5), num_snapshots=4), "num_snapshots"),
     (lambda: masks.leaf_capacities(-2, {"a": jnp.zeros(3)}), "capacity"),
 ])
 def test_bad_arguments(make, name):

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import koopax
+import no_rollback
 from koopax._src import masks, validation
 
 
@@ -24,21 +25,21 @@ from koopax._src import masks, validation
 ])
 def test_kga_rejects(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
-        koopax.kga(**{"snapshot_every": 2, **kwargs})
+        no_rollback.kga(**{"snapshot_every": 2, **kwargs})
 
 
 def test_kga_accepts_scalar_arrays_and_traced_hyperparameters():
-    koopax.kga(jnp.asarray(2.0), epsilon=np.float32(0.01), max_gain=jnp.asarray(5.0),
+    no_rollback.kga(jnp.asarray(2.0), epsilon=np.float32(0.01), max_gain=jnp.asarray(5.0),
                snapshot_every=2)
     params = {"w": jnp.ones(3)}
-    partial = optax.inject_hyperparams(koopax.kga, static_args=("num_snapshots",
+    partial = optax.inject_hyperparams(no_rollback.kga, static_args=("num_snapshots",
                                                                 "snapshot_every"))
     with pytest.raises(TypeError, match="apply_every.*static_args"):
         tx = partial(alpha=1.0, num_snapshots=4, snapshot_every=1, apply_every=2)
         jax.jit(tx.update)(params, tx.init(params), params)
     tx = partial(alpha=1.0, num_snapshots=4, snapshot_every=1)   # apply_every=None: fine
     assert jax.jit(tx.update)(params, tx.init(params), params)[0]["w"].shape == (3,)
-    tx = optax.inject_hyperparams(koopax.kga, static_args=(
+    tx = optax.inject_hyperparams(no_rollback.kga, static_args=(
         "num_snapshots", "snapshot_every", "apply_every", "rcond"))(
         alpha=1.0, num_snapshots=4, snapshot_every=1)
     state = tx.init(params)
@@ -70,9 +71,9 @@ def test_masks_reject(make, name):
 
 def _transformations():
     return {
-        "kga": koopax.kga(1.0, num_snapshots=4, snapshot_every=1),
-        "kga_efficient": koopax.efficient_kga(1.0, num_snapshots=4, snapshot_every=1),
-        "kga_masked": koopax.masked_kga(masks.norm(0.5, capacity=0.5), 1.0, num_snapshots=4,
+        "kga": no_rollback.kga(1.0, num_snapshots=4, snapshot_every=1),
+        "kga_efficient": no_rollback.efficient_kga(1.0, num_snapshots=4, snapshot_every=1),
+        "kga_masked": no_rollback.masked_kga(masks.norm(0.5, capacity=0.5), 1.0, num_snapshots=4,
                                         snapshot_every=1),
         "pdt": koopax.pdt(snapshot_every=2),
         "dogra": koopax.dmd_prediction(snapshot_every=2),
@@ -109,7 +110,7 @@ def test_number_check_messages():
 
 
 def test_diagnostics_of_several_instances_are_all_readable():
-    tx = optax.chain(optax.sgd(0.1), koopax.kga(1.0, num_snapshots=4, snapshot_every=2),
+    tx = optax.chain(optax.sgd(0.1), no_rollback.kga(1.0, num_snapshots=4, snapshot_every=2),
                      koopax.pdt(snapshot_every=2))
     state = tx.init({"w": jnp.ones(3)})
     found = optax.tree_utils.tree_get_all_with_path(state, "num_nonfinite")

@@ -81,7 +81,7 @@ def dmd_prediction(
         Gavish–Donoho, as the original papers).
       learning_rate, total_steps: as :func:`koopax.pdt`.
       tolerance: ``'tano'``: relative rise of ``value`` that stops predictions.
-      rcond: Gram noise floor of the DMD.
+      rcond: singular-value floor relative to ``sigma_1`` (as :func:`koopax.pdt`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with a

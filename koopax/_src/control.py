@@ -66,3 +66,21 @@ def maybe_record(pred, record, state, params):
     if _concrete(pred):
         return record(state, params) if bool(pred) else state
     return jax.lax.fori_loop(0, jnp.asarray(pred, jnp.int32), body, (state, params))[0]
+
+
+def choose(pred, true_fn, false_fn, *operands):
+    """``lax.cond(pred, true_fn, false_fn, *operands)``, or a plain Python branch when
+    ``pred`` is concrete (an eager call: nothing compiled per call).
+
+    For branches that produce new values (no buffer passes through one branch
+    while the other updates it, so ``lax.cond`` copies nothing).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src.control import choose
+      >>> choose(jnp.array(True), lambda x: x + 1, lambda x: x - 1, jnp.float32(1.0)).item()
+      2.0
+    """
+    if _concrete(pred):
+        return true_fn(*operands) if bool(pred) else false_fn(*operands)
+    return jax.lax.cond(pred, true_fn, false_fn, *operands)

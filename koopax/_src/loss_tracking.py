@@ -91,9 +91,11 @@ class Valve(NamedTuple):
     Attributes:
       stats: the current period's :class:`LossStats`.
       reference: ``(mean, standard error)`` float32 of the latest period
-        with a finite mean.
+        with a finite mean that was kept (a rolled-back period is not).
       has_reference: bool, ``reference`` is set.
-      alpha_factor: float32 factor in ``(0, 1]`` on ``alpha``.
+      alpha_factor: float32 factor in ``(0, 1]`` on the gain.
+      ceiling: float32, ``alpha_factor`` never climbs back to a level that failed:
+        after a rise at level ``f`` it stays below ``f sqrt(BACKOFF)``.
       num_backoffs: int32 periods whose loss rose, each halving ``alpha_factor``.
     """
 
@@ -101,6 +103,7 @@ class Valve(NamedTuple):
     reference: jax.Array
     has_reference: jax.Array
     alpha_factor: jax.Array
+    ceiling: jax.Array
     num_backoffs: jax.Array
 
 
@@ -112,38 +115,61 @@ NOISE_TOLERANCE = 2.0
 def init_valve() -> Valve:
     """A valve at ``alpha_factor = 1`` with no reference period."""
     return Valve(init_stats(), jnp.zeros((2,), jnp.float32), jnp.array(False),
-                 jnp.ones((), jnp.float32), jnp.zeros((), jnp.int32))
+                 jnp.ones((), jnp.float32), jnp.ones((), jnp.float32),
+                 jnp.zeros((), jnp.int32))
 
 
-def close_period(valve: Valve) -> Valve:
-    """Ends a period: halve ``alpha_factor`` if its loss rose over the previous one, else recover.
+def period_rose(valve: Valve):
+    """``(rose, seen)``: the current period's mean loss rose over the reference
+    beyond twice the noise of their difference, and the period saw a loss.
 
-    A rise (:func:`rose`, ``noise_tolerance = 2``, no relative tolerance)
-    multiplies ``alpha_factor`` by ``BACKOFF = 0.5``; a period that did not rise
-    multiplies it by ``RECOVERY = 1.25`` up to 1. A period without any loss
-    (``value`` never passed) changes nothing.
+    The noise is the *reference* period's standard error, counted for both
+    means (``sqrt(2) e_ref``): the current period's own spread would include
+    the very rise under test (a correction that spikes the loss inflates its
+    period's variance and would hide itself).
+    """
+    mean, _, seen = summary(valve.stats)
+    ref_mean, ref_noise = valve.reference[0], valve.reference[1]
+    up = seen & valve.has_reference & rose(mean, ref_noise, ref_mean, ref_noise, tolerance=0.0,
+                                           noise_tolerance=NOISE_TOLERANCE)
+    return up, seen
+
+
+def close_period(valve: Valve, discard=False) -> Valve:
+    """Ends a period: back off if its loss rose over the reference, else recover.
+
+    A rise (:func:`period_rose`) at level ``f`` sets ``alpha_factor = f BACKOFF``
+    (``BACKOFF = 0.5``) and lowers the ceiling below the failed level, to the
+    geometric mean of the two, ``f sqrt(BACKOFF)``: the factor never climbs
+    back to a level that failed, so a gain that destabilises training is
+    searched down, not retried. A period that did not rise multiplies the
+    factor by ``RECOVERY = 1.25`` up to the ceiling. A period without any loss
+    (``value`` never passed) changes nothing. ``discard`` (a traced bool: the
+    period was rolled back) keeps the previous reference.
 
     Examples:
       >>> from koopax._src import loss_tracking as lt
       >>> valve = lt.init_valve()
-      >>> for losses in ([2.0, 2.0], [1.0, 1.0], [3.0, 3.0], [1.0, 1.0]):
+      >>> for losses in ([2.0, 2.0], [1.0, 1.0], [3.0, 3.0], [1.0, 1.0], [0.9, 0.9]):
       ...     for v in losses:
       ...         valve = valve._replace(stats=lt.track(valve.stats, v))
       ...     valve = lt.close_period(valve)
-      ...     print(float(valve.alpha_factor), int(valve.num_backoffs))
-      1.0 0
-      1.0 0
-      0.5 1
-      0.625 1
+      ...     print(round(float(valve.alpha_factor), 4), round(float(valve.ceiling), 4),
+      ...           int(valve.num_backoffs))
+      1.0 1.0 0
+      1.0 1.0 0
+      0.5 0.7071 1
+      0.625 0.7071 1
+      0.7071 0.7071 1
     """
-    mean, noise, seen = summary(valve.stats)
-    ref_mean, ref_noise = valve.reference[0], valve.reference[1]
-    up = seen & valve.has_reference & rose(mean, noise, ref_mean, ref_noise, tolerance=0.0,
-                                           noise_tolerance=NOISE_TOLERANCE)
-    scale = jnp.where(up, valve.alpha_factor * BACKOFF,
-                      jnp.where(seen, jnp.minimum(valve.alpha_factor * RECOVERY, 1.0),
-                                valve.alpha_factor))
-    new_ref = seen & jnp.isfinite(mean)
+    up, seen = period_rose(valve)
+    mean, noise, _ = summary(valve.stats)
+    ceiling = jnp.where(up, valve.alpha_factor * BACKOFF ** 0.5, valve.ceiling)
+    factor = jnp.where(up, valve.alpha_factor * BACKOFF,
+                       jnp.where(seen, jnp.minimum(valve.alpha_factor * RECOVERY, ceiling),
+                                 valve.alpha_factor))
+    new_ref = seen & jnp.isfinite(mean) & ~jnp.asarray(discard, bool)
     reference = jnp.where(new_ref, jnp.stack([mean, noise]), valve.reference)
     return Valve(init_stats(), reference.astype(jnp.float32), valve.has_reference | new_ref,
-                 scale.astype(jnp.float32), valve.num_backoffs + up.astype(jnp.int32))
+                 factor.astype(jnp.float32), ceiling.astype(jnp.float32),
+                 valve.num_backoffs + up.astype(jnp.int32))

@@ -44,6 +44,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import Any, NamedTuple
 
@@ -80,6 +81,7 @@ def _validate_horizon(horizon, name="horizon"):
         raise ValueError(f"{name} must be an int >= 1; got {horizon!r}.")
 
 
+@functools.partial(jax.jit, static_argnames=("horizon",))
 def power_sum(matrix, horizon: int, active_horizon=None):
     """``sum_{j=1..tau} M^j`` for a small square matrix.
 

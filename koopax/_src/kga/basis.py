@@ -156,6 +156,10 @@ class BasisVariant:
             coordinates=jnp.zeros((self.window_size, self.size), jnp.float32),
             num_snapshots=jnp.zeros((), jnp.int32))
 
+    def snapshot(self, store):
+        """The newest recorded snapshot (parameter dtypes): what a rollback restores."""
+        return store.last
+
     def reference(self, store):
         return store.last
 
@@ -219,13 +223,14 @@ def efficient_kga(
     snapshot_dtype=None,
     max_gain: jax.typing.ArrayLike = 10.0,
     rcond: float | None = None,
+    rollback: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Efficient-KGA: KGA over a streaming basis of ``basis_size`` directions.
 
     Args:
       alpha, num_snapshots, snapshot_every, epsilon, rank, max_gain, rcond,
-      learning_rate, total_steps: as in :func:`koopax.kga` (one block: the
-        basis is global).
+      learning_rate, total_steps, rollback: as in :func:`koopax.kga` (one
+        block: the basis is global).
       apply_every: ``k``: ``1`` (default) corrects every update; ``k > 1``
         (``None``: ``snapshot_every``) corrects the sum of ``k`` base updates,
         kept in one parameter-sized buffer: ``N`` more memory, which is what
@@ -243,9 +248,10 @@ def efficient_kga(
       >>> tx = optax.chain(optax.sgd(0.1), koopax.efficient_kga(1.0, num_snapshots=4,
       ...                                                        snapshot_every=1))
       >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> loss = lambda p: 0.5 * jnp.sum(p["w"] ** 2)     # value: the rollback's loss
       >>> state = tx.init(params)
       >>> for step in range(4):
-      ...     updates, state = tx.update(params, state, params)
+      ...     updates, state = tx.update(params, state, params, value=loss(params))
       ...     print(step, round(float(updates["w"][1] / (-0.1 * params["w"][1])), 3))
       ...     params = optax.apply_updates(params, updates)
       0 1.0
@@ -267,7 +273,8 @@ def efficient_kga(
     cfg = engine.make_settings(
         alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
-        learning_rate=learning_rate, total_steps=total_steps, increment=False)
+        learning_rate=learning_rate, total_steps=total_steps, increment=False, rank_cap=False,
+        rollback=rollback)
     m = num_snapshots - 1
     size = basis_size or (rank if isinstance(rank, numbers.Integral) else m - 1)
     return engine.transformation(cfg, BasisVariant(size, refresh_every, m, snapshot_dtype))

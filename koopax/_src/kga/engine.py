@@ -33,6 +33,8 @@ from koopax._src.blocks import Blocks, make_blocks, validate_blocks
 from koopax._src.clock import Clock, make_clock
 from koopax._src.control import maybe_apply, maybe_record
 from koopax._src.kga import operator as op_lib
+from koopax._src.kga import safety
+from koopax._src.restore import restore_updates
 
 NO_PARAMS_MSG = ("koopax's KGA needs the current parameters: call "
                  "`tx.update(updates, state, params)` (nnx.Optimizer does this).")
@@ -75,6 +77,7 @@ class Columns(Protocol):
     def combine(self, store, coefficients, like) -> Any: ...
     def num_features(self, params, blocks: Blocks) -> tuple: ...
     def decide(self, store, params) -> tuple[Any, jax.Array] | None: ...
+    def snapshot(self, store) -> Any: ...
 
 
 class KGAState(NamedTuple):
@@ -93,7 +96,8 @@ class KGAState(NamedTuple):
         correction (zero when none is due), added at its snapshot step;
         ``sum``: the base updates summed since the last correction;
         ``()`` for ``each``.
-      valve: :class:`koopax.Valve` (``valve.alpha_factor`` multiplies ``alpha``).
+      valve: :class:`koopax.Valve` (``valve.alpha_factor`` multiplies the gain).
+      rollback: :class:`koopax.KGARollback` (``()`` with ``rollback=False``).
       num_refreshes: int32 successful DMD refreshes.
       num_nonfinite: int32 events where a non-finite snapshot, DMD or
         correction was rejected (the base update was used instead).
@@ -107,6 +111,7 @@ class KGAState(NamedTuple):
     applied: jax.Array
     pending: Any
     valve: loss_tracking.Valve
+    rollback: Any
     num_refreshes: jax.Array
     num_nonfinite: jax.Array
     num_clipped: jax.Array
@@ -125,11 +130,12 @@ class Settings:
     strategy: str          # each | increment | sum
     apply_every: int
     blocks: Any            # the block policy (None, 'leaf', 'layer' or a callable)
+    rollback: bool = False  # undo a correction after which the loss rose (needs value)
 
 
 def make_settings(*, alpha, num_snapshots, snapshot_every, apply_every, epsilon, rank,
                   max_gain, rcond, learning_rate=None, total_steps=None, blocks=None,
-                  max_rank=None, increment=True) -> Settings:
+                  rank_cap=True, increment=True, rollback=False) -> Settings:
     """Validates the hyperparameters every KGA variant shares; builds the clock.
 
     ``apply_every``: ``None`` the newest increment at each snapshot, ``1``
@@ -138,7 +144,7 @@ def make_settings(*, alpha, num_snapshots, snapshot_every, apply_every, epsilon,
     without the increment strategy (``increment=False``) sums instead.
     """
     for value, name in ((num_snapshots, "num_snapshots"), (apply_every, "apply_every"),
-                        (rank, "rank"), (rcond, "rcond"), (max_rank, "max_rank")):
+                        (rank, "rank"), (rcond, "rcond")):
         validation.static(value, name)
     validation.number(alpha, "alpha", low=0.0)
     validation.integer(num_snapshots, "num_snapshots", low=3)
@@ -146,12 +152,14 @@ def make_settings(*, alpha, num_snapshots, snapshot_every, apply_every, epsilon,
         validation.integer(apply_every, "apply_every", low=1)
     validation.number(epsilon, "epsilon", low=0.0, high=1.0, what="a number in [0, 1)")
     linalg.validate_rank(rank)
-    if max_rank is not None and isinstance(rank, numbers.Integral) and rank > max_rank:
+    max_rank = num_snapshots - 2
+    if rank_cap and isinstance(rank, numbers.Integral) and rank > max_rank:
         raise ValueError(f"rank must be <= num_snapshots - 2 = {max_rank} (the number of "
                          f"increment pairs); got {rank}.")
     validation.number(max_gain, "max_gain", low=1.0, low_open=True)
     validation.optional_fraction(rcond, "rcond")
     validate_blocks(blocks)
+    validation.boolean(rollback, "rollback")
     clock = make_clock(snapshot_every, learning_rate=learning_rate, total_steps=total_steps,
                        num_snapshots=num_snapshots)
     if apply_every is None and clock.counts_rate and increment:
@@ -161,15 +169,17 @@ def make_settings(*, alpha, num_snapshots, snapshot_every, apply_every, epsilon,
         strategy = ("each" if apply_every == 1 else
                     "increment" if (increment and apply_every == clock.snapshot_every
                                     and not clock.counts_rate) else "sum")
-    return Settings(alpha, epsilon, max_gain, rank, rcond, clock, strategy, apply_every, blocks)
+    return Settings(alpha, epsilon, max_gain, rank, rcond, clock, strategy, apply_every, blocks,
+                    rollback)
 
 
 def _init(cfg: Settings, columns: Columns, params) -> KGAState:
     blocks = make_blocks(params, cfg.blocks)
     store = columns.init(params)
     width = columns.width
-    # ``increment``: the stored correction, in ``snapshot_dtype``; ``sum``: a sum of updates.
-    dtype = columns.snapshot_dtype if cfg.strategy == "increment" else None
+    # ``increment``: the stored correction, in ``snapshot_dtype`` (the parameters' dtype
+    # with a rollback: it also holds the restoring update); ``sum``: a sum of updates.
+    dtype = columns.snapshot_dtype if cfg.strategy == "increment" and not cfg.rollback else None
     pending = () if cfg.strategy == "each" else jax.tree.map(
         lambda p: jnp.zeros_like(p, dtype=dtype), params)
     zero = lambda: jnp.zeros((), jnp.int32)   # distinct buffers: a state may be donated
@@ -178,11 +188,17 @@ def _init(cfg: Settings, columns: Columns, params) -> KGAState:
         operator=op_lib.init_operator(blocks.count, width, columns.window_size - 1),
         applied=jnp.zeros((len(jax.tree.leaves(params)), width), jnp.float32),
         pending=pending, valve=loss_tracking.init_valve(),
+        rollback=safety.init_rollback() if cfg.rollback else (),
         num_refreshes=zero(), num_nonfinite=zero(), num_clipped=zero())
 
 
-def _refresh(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, params, ok):
-    """Installs the operator of the current columns (kept as it was unless ``ok``)."""
+def _refresh(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, params, ok,
+             count=True):
+    """Installs the operator of the current columns (kept as it was unless ``ok``).
+
+    ``count`` False: a second refresh of the same snapshot (after a mask
+    decision) replaces the operator without counting another refresh.
+    """
     store = state.columns
     op = op_lib.block_operators(columns.dmd_grams(store, blocks), blocks, epsilon=cfg.epsilon,
                                 rank=cfg.rank, rcond=cfg.rcond,
@@ -192,7 +208,7 @@ def _refresh(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, p
     keep = lambda n, o: jnp.where(ok, n, o)
     return state._replace(
         operator=jax.tree.map(keep, new, state.operator),
-        num_refreshes=state.num_refreshes + jnp.where(ok, refreshed, 0),
+        num_refreshes=state.num_refreshes + jnp.where(ok & count, refreshed, 0),
         num_nonfinite=state.num_nonfinite + jnp.where(ok, rejected, 0))
 
 
@@ -242,24 +258,56 @@ def _record(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, pa
         return state
     store, changed = decided
     state = state._replace(columns=store)
-    return maybe_apply(changed, lambda st: _refresh(cfg, columns, blocks, st, params, True),
+    return maybe_apply(changed,
+                       lambda st: _refresh(cfg, columns, blocks, st, params, True, count=False),
                        state)
 
 
-def _snapshot(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, params, ahead):
+def _snapshot(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, params, ahead,
+              allowed=True):
     """A snapshot step; a non-finite ``params`` is skipped and counted.
 
     A store that records with selects (``columns.selects``: the ring) takes
-    the finiteness flag into the same pass; the others are gated.
+    the finiteness flag into the same pass; the others are gated. ``allowed``
+    False (a rollback or a restoring step) records nothing.
     """
-    ok = tree_math.tree_all_finite(params)
+    finite = tree_math.tree_all_finite(params)
+    ok = finite & allowed
     if columns.selects:
         state = _record(cfg, columns, blocks, state, params, ok, ahead)
     else:
         state, _ = maybe_apply(
             ok, lambda c: (_record(cfg, columns, blocks, *c, True, ahead), c[1]),
             (state, params))
-    return state._replace(num_nonfinite=state.num_nonfinite + (~ok).astype(jnp.int32))
+    return state._replace(
+        num_nonfinite=state.num_nonfinite + (allowed & ~finite).astype(jnp.int32))
+
+
+def _guarded_snapshot(cfg, columns, blocks, state: KGAState, params, ahead):
+    """A snapshot step with the rollback (``cfg.rollback``): judge, then record or restore.
+
+    Everything is selected, not gated (a nested gate would copy the columns):
+    the restoring update (to the snapshot of the period's start) is stored in
+    ``pending`` and replaces the update of this step (:func:`_apply`).
+    """
+    rb = state.rollback
+    roll, valve = safety.verdict(state.valve, rb)
+    restore = roll | rb.restoring
+    saved = columns.snapshot(state.columns)
+    step, done = restore_updates(params, saved, jax.tree.map(jnp.zeros_like, params))
+    state = _snapshot(cfg, columns, blocks, state._replace(valve=valve), params, ahead,
+                      allowed=~restore)
+    if cfg.strategy == "increment":   # the correction just made, or none
+        active = jnp.any(state.applied != 0)
+        state = state._replace(
+            pending=jax.tree.map(lambda r, d: jnp.where(restore, r.astype(d.dtype), d), step,
+                                 state.pending),
+            applied=jnp.where(restore, 0.0, state.applied))
+    else:                             # the period's updates will be corrected
+        active = usable_scale(cfg, state, columns.ready(state.columns))[1]
+    return state._replace(rollback=safety.RollbackState(
+        pending=jnp.where(restore, False, active), replace=restore,
+        restoring=restore & ~done, num_rollbacks=rb.num_rollbacks + roll.astype(jnp.int32)))
 
 
 def correct_target(cfg, columns, blocks, state: KGAState, updates, target, ready):
@@ -303,35 +351,59 @@ def check_update_args(updates, params, like, value, message=NO_PARAMS_MSG):
     return validation.scalar_loss(value)
 
 
+def _apply(cfg, columns, blocks, state: KGAState, updates, take, params):
+    """This step's update: the base's, corrected by the strategy, or a restoring one."""
+    replace = state.rollback.replace if cfg.rollback else jnp.asarray(False)
+    if cfg.strategy == "increment":
+        return state, jax.tree.map(
+            lambda u, d: jnp.where(take, jnp.where(replace, d.astype(u.dtype),
+                                                   u + d.astype(u.dtype)), u),
+            updates, state.pending)
+    ready = columns.ready(state.columns) & ~replace
+    if cfg.strategy == "sum":
+        state = state._replace(pending=jax.tree.map(
+            lambda p: jnp.where(replace, jnp.zeros_like(p), p), state.pending))
+        state, corrected = _correct_sum(cfg, columns, blocks, state, updates, ready)
+    else:
+        state, corrected = correct_target(cfg, columns, blocks, state, updates, updates, ready)
+    if not cfg.rollback:
+        return state, corrected
+    saved = columns.snapshot(state.columns)
+    corrected, _ = maybe_apply(
+        replace, lambda c: (restore_updates(c[1], saved, c[0])[0], c[1]), (corrected, params))
+    return state, corrected
+
+
 def _update(cfg: Settings, columns: Columns, updates, state: KGAState, params=None, *,
             value=None, **extra_args):
     del extra_args
     value = check_update_args(updates, params, columns.reference(state.columns), value)
+    if cfg.rollback and value is None:
+        raise ValueError(safety.NEEDS_VALUE)
     blocks = make_blocks(params, cfg.blocks)
-    take = cfg.clock.due(state.count, state.clock)
+    due = cfg.clock.due(state.count, state.clock)
     ahead = cfg.clock.periods_left(state.count, state.clock)
+    restoring = state.rollback.restoring if cfg.rollback else jnp.asarray(False)
+    take = due | restoring
 
     def snapshot(st, p):
+        if cfg.rollback:
+            return _guarded_snapshot(cfg, columns, blocks, st, p, ahead)
         if value is not None:
             st = st._replace(valve=loss_tracking.close_period(st.valve))
         return _snapshot(cfg, columns, blocks, st, p, ahead)
 
     # The gate carries the state only: the updates' own fusion is not broken.
     state = maybe_record(take, snapshot, state, params)
-    if cfg.strategy == "increment":
-        corrected = jax.tree.map(lambda u, d: jnp.where(take, u + d.astype(u.dtype), u),
-                                 updates, state.pending)
-    elif cfg.strategy == "sum":
-        state, corrected = _correct_sum(cfg, columns, blocks, state, updates,
-                                        columns.ready(state.columns))
-    else:
-        state, corrected = correct_target(cfg, columns, blocks, state, updates, updates,
-                                          columns.ready(state.columns))
-    if value is not None:
-        state = state._replace(valve=state.valve._replace(
-            stats=loss_tracking.track(state.valve.stats, value)))
+    state, corrected = _apply(cfg, columns, blocks, state, updates, take, params)
+    if cfg.rollback:          # a restoring update replaces one step's update only
+        state = state._replace(rollback=state.rollback._replace(replace=jnp.zeros((), bool)))
+    if value is not None:     # a restoring step's loss belongs to no period
+        tracked = loss_tracking.track(state.valve.stats, value)
+        state = state._replace(valve=state.valve._replace(stats=jax.tree.map(
+            lambda t, o: jnp.where(restoring, o, t), tracked, state.valve.stats)))
     return corrected, state._replace(count=optax.safe_increment(state.count),
-                                     clock=cfg.clock.advance(state.count, state.clock, take))
+                                     clock=cfg.clock.advance(state.count, state.clock, due))
 
 
 def transformation(cfg: Settings, columns: Columns) -> optax.GradientTransformationExtraArgs:

@@ -54,7 +54,7 @@ import numpy as np
 import optax
 
 from koopax._src import masks, snapshots, tree_math, validation
-from koopax._src.control import maybe_apply
+from koopax._src.control import choose, maybe_apply
 from koopax._src.kga import engine
 from koopax._src.kga.engine import Push
 from koopax._src.kga.operator import leaf_squares, slot_coefficients
@@ -207,8 +207,11 @@ def _push_compact(store: MaskedColumns, params):
     cw = store.compact_window._replace(slots=compact_slots(store))
     old = cw.leaf_grams
     cw, rows = snapshots.ring_push_rows(cw, masks.gather(params, store.indices))
-    return store._replace(compact_window=cw._replace(slots=None),
-                          window=_store_compact(store.window, cw.slots)), rows, old
+    window = _store_compact(store.window, cw.slots)
+    # The full snapshot stays current in the compact phase too: a rollback restores it.
+    window = window._replace(last=jax.tree.map(lambda p, l: p.astype(l.dtype), params,
+                                               window.last))
+    return store._replace(compact_window=cw._replace(slots=None), window=window), rows, old
 
 
 def _statics(capacity, params):
@@ -245,6 +248,10 @@ class MaskedVariant:
             num_kept=jnp.zeros((), jnp.int32), num_overflow=jnp.zeros((), jnp.int32),
             masked_fraction=jnp.zeros((), jnp.float32),
             num_mask_updates=jnp.zeros((), jnp.int32))
+
+    def snapshot(self, store):
+        """The newest recorded snapshot (parameter dtypes): what a rollback restores."""
+        return store.window.last
 
     def reference(self, store):
         return store.window.last
@@ -286,13 +293,13 @@ class MaskedVariant:
         return _live(store)[0]
 
     def project(self, store, tree):
-        return jax.lax.cond(
+        return choose(
             store.compact, _compact_products,
             lambda st, t: (tree_math.stacked_products(st.window.slots, t), leaf_squares(t)),
             store, tree)
 
     def combine(self, store, coefficients, like):
-        return jax.lax.cond(
+        return choose(
             store.compact, _compact_combination,
             lambda st, c, l: tree_math.stacked_weighted_sum(st.window.slots, c, l),
             store, coefficients, like)
@@ -328,6 +335,7 @@ def masked_kga(
     snapshot_dtype=None,
     max_gain=10.0,
     rcond=None,
+    rollback: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """KGA on the weights ``mask`` keeps, on compact vectors.
 
@@ -335,8 +343,8 @@ def masked_kga(
       mask: a :class:`koopax.masks.Mask` (``masks.kwm``, ``masks.norm``,
         ``masks.delta``); ``num_snapshots`` must be at least ``mask.min_snapshots``.
       alpha, num_snapshots, snapshot_every, epsilon, rank, blocks,
-      learning_rate, total_steps, snapshot_dtype, max_gain, rcond: as in
-        :func:`koopax.kga` (a block's DMD row count is its leaves' capacity).
+      learning_rate, total_steps, snapshot_dtype, max_gain, rcond, rollback:
+        as in :func:`koopax.kga` (a block's DMD row count is its leaves' capacity).
       apply_every: ``1`` corrects every update (on compact vectors), ``None``
         or ``snapshot_every`` the newest increment at each snapshot (nothing
         between snapshots). Other values: ValueError.
@@ -349,9 +357,10 @@ def masked_kga(
       >>> tx = optax.chain(optax.sgd(0.1), koopax.masked_kga(
       ...     koopax.masks.norm(0.5), 1.0, num_snapshots=4, snapshot_every=1))
       >>> params = {"w": jnp.array([0.1, -2.0, 3.0])}
+      >>> loss = lambda p: 0.5 * jnp.sum(p["w"] ** 2)
       >>> state = tx.init(params)
       >>> for _ in range(6):
-      ...     updates, state = tx.update(params, state, params)
+      ...     updates, state = tx.update(params, state, params, value=loss(params))
       ...     params = optax.apply_updates(params, updates)
       >>> koopax.masked_kga_kept(state[1], params)["w"].tolist(), int(state[1].columns.num_kept)
       ([False, True, True], 2)
@@ -367,8 +376,7 @@ def masked_kga(
     cfg = engine.make_settings(
         alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
-        learning_rate=learning_rate, total_steps=total_steps, blocks=blocks,
-        max_rank=num_snapshots - 2)
+        learning_rate=learning_rate, total_steps=total_steps, blocks=blocks, rollback=rollback)
     if num_snapshots < mask.min_snapshots:
         raise ValueError(
             f"num_snapshots must be >= {mask.min_snapshots} for the {mask.name} mask "

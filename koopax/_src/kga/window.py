@@ -84,6 +84,10 @@ class WindowColumns:
     def init(self, params):
         return snapshots.init_ring(params, self.window_size, self.snapshot_dtype)
 
+    def snapshot(self, ring):
+        """The newest recorded snapshot (parameter dtypes): what a rollback restores."""
+        return ring.last
+
     def reference(self, ring):
         return ring.last
 
@@ -132,6 +136,7 @@ def kga(
     snapshot_dtype=None,
     max_gain: jax.typing.ArrayLike = 10.0,
     rcond: float | None = None,
+    rollback: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Koopman-based Gradient Acceleration; place it after the base optimizer.
 
@@ -173,12 +178,17 @@ def kga(
         every leaf ``l``.
       rcond: singular values below ``rcond * sigma_1`` of the increment matrix
         are noise (default 1e-3 in float32).
+      rollback: undo, bit for bit, a correction after which the loss rose
+        beyond its noise, and back off the gain for good
+        (``koopax._src.kga.safety``); ``update`` then requires ``value``
+        (a ``ValueError`` names it). ``False``: only the bounds protect the run.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
-      ``params`` and reads an optional scalar ``value`` (the valve). Non-finite
-      snapshots, DMDs or corrections are never used (the base update passes,
-      ``num_nonfinite`` counts it).
+      ``params`` and the loss as ``value`` (optional with ``rollback=False``:
+      then it only drives the valve). Non-finite snapshots, DMDs or
+      corrections are never used (the base update passes, ``num_nonfinite``
+      counts it).
 
     Examples:
       SGD on ``0.5 |w|^2`` (gradient ``w``, learning rate 0.1) moves the weights
@@ -189,10 +199,11 @@ def kga(
       >>> import jax, jax.numpy as jnp, optax, koopax
       >>> tx = optax.chain(optax.sgd(0.1), koopax.kga(1.0, num_snapshots=4, snapshot_every=1))
       >>> params = {"w": jnp.array([1.0, -2.0])}
+      >>> loss = lambda p: 0.5 * jnp.sum(p["w"] ** 2)     # value: the rollback's loss
       >>> state = tx.init(params)
       >>> update = jax.jit(tx.update)
       >>> for step in range(4):
-      ...     updates, state = update(params, state, params)
+      ...     updates, state = update(params, state, params, value=loss(params))
       ...     print(step, round(float(updates["w"][1] / (-0.1 * params["w"][1])), 3))
       ...     params = optax.apply_updates(params, updates)
       0 1.0
@@ -211,6 +222,5 @@ def kga(
     cfg = engine.make_settings(
         alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
-        learning_rate=learning_rate, total_steps=total_steps, blocks=blocks,
-        max_rank=num_snapshots - 2 if isinstance(num_snapshots, int) else None)
+        learning_rate=learning_rate, total_steps=total_steps, blocks=blocks, rollback=rollback)
     return engine.transformation(cfg, WindowColumns(num_snapshots - 1, snapshot_dtype))

@@ -35,6 +35,7 @@ from koopax._src.control import maybe_apply, maybe_record
 from koopax._src.pdt import jump as jump_lib
 from koopax._src.pdt import rollback as rb
 from koopax._src.pdt.schedule import apply_authors_rule
+from koopax._src.restore import restore_updates
 
 _NEVER = 1 << 20      # "epochs since the last prediction" before the first one
 
@@ -155,7 +156,7 @@ def _horizon(cfg: Config, state: PDTState):
 
 def _restore(cfg: Config, state: PDTState, updates, window, params):
     """Updates restoring the saved ``w_sgd``, and the window without the jumped snapshot."""
-    upd, done = rb.restore_updates(params, state.rollback.saved, updates)
+    upd, done = restore_updates(params, state.rollback.saved, updates)
     if cfg.predictor.fit_on == "optimizer":   # the newest increment is w_sgd - w_ref: keep it out
         window = window._replace(last=jax.tree.map(lambda s, l: s.astype(l.dtype),
                                                    state.rollback.saved, window.last))
@@ -233,11 +234,12 @@ def _epoch_end(cfg: Config, updates, state: PDTState, params, use_value: bool):
 
 
 def _record(state: PDTState, params) -> PDTState:
-    """Start of an epoch: push the snapshot if it is finite."""
+    """Start of an epoch: push the snapshot if it is finite (a non-finite one is
+    counted, also once predictions have stopped for good)."""
     ok = tree_math.tree_all_finite(params)
-    window = maybe_record(ok, snapshots.ring_push, state.window, params)
+    window = maybe_record(ok & ~state.stopped, snapshots.ring_push, state.window, params)
     return state._replace(
-        window=window, schedule=state.schedule._replace(snapshot_fresh=ok),
+        window=window, schedule=state.schedule._replace(snapshot_fresh=ok & ~state.stopped),
         stats=state.stats._replace(
             num_nonfinite=state.stats.num_nonfinite + (~ok).astype(jnp.int32)))
 
@@ -245,7 +247,7 @@ def _record(state: PDTState, params) -> PDTState:
 def _training_step(cfg: Config, updates, state: PDTState, params, value):
     """A training step: snapshot on an epoch's first step, verdict/jump on its last."""
     due = cfg.clock.due(state.steps, state.clock)
-    record = due & ~state.stopped
+    record = due
     state = state._replace(schedule=state.schedule._replace(
         snapshot_fresh=jnp.where(due, False, state.schedule.snapshot_fresh)))
     if value is not None:
@@ -267,7 +269,7 @@ def _training_step(cfg: Config, updates, state: PDTState, params, value):
 
 
 def _restore_step(updates, state: PDTState, params):
-    new, _ = rb.restore_updates(params, state.rollback.saved, updates)
+    new, _ = restore_updates(params, state.rollback.saved, updates)
     return new, state._replace(rollback=state.rollback._replace(restoring=jnp.asarray(False)),
                                count=optax.safe_increment(state.count))
 

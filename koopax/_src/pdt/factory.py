@@ -22,6 +22,7 @@ from koopax._src.pdt.rollback import IgnoreRises, Rollback
 FIT_ON = ("optimizer", "assembled")
 
 
+
 def _check(ok, name, what, value):
     if not ok:
         raise validation.ArgumentError(f"{name} must be {what}; got {value!r}.")
@@ -159,7 +160,12 @@ def pdt(
         the DMD fits the optimizer's epoch map (more conservative jumps:
         digits at lr 0.1 0.57x vs 0.63x epochs, but lr 0.5 0.70x vs 0.57x,
         MNIST-1D 0.97x vs 0.83x; benchmarks/peer_pdt.py).
-      rcond: Gram noise floor of the DMD (default 1e-3 in float32).
+      rcond: singular values below ``rcond * sigma_1`` are dropped (default
+        1e-3 in float32, the Gram round-off floor). A higher floor makes the
+        prediction less sensitive to round-off (0.2 kept the PDT authors'
+        digits figures and made a tanh MLP on 8 devices agree with 1 device
+        to 1e-6, where 1e-3 differed by 2e-2: ``BENCHMARKS.md``), but any hard
+        floor is a discontinuity for a spectrum that sits on it.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs

@@ -16,7 +16,8 @@ so that ``optax.apply_updates(params, u')`` lands on ``where(mask, w_ref + d,
 w_sgd)`` (PDT paper Eqs. 8-9 of the 2025 version / 6-7 of 2026, in the form
 the authors' code runs: inclusive lower bound, upper factor ``tau + 1``, sign
 of the final displacement). A weight whose prediction does not move it is not
-accepted.
+accepted, and no leaf moves farther than ``tau + 1`` times its epoch
+displacement (:func:`_bounded`; the quantity criterion implies it).
 
 References:
   Wang, Tang, Harris, Qi, Wilson, Mezic, *Predictive Differential Training
@@ -35,7 +36,7 @@ import optax
 
 from koopax._src import prediction, tree_math
 from koopax._src.blocks import Blocks
-from koopax._src.pdt.rollback import pair, unzip
+from koopax._src.restore import pair, unzip
 
 CRITERIA = ("both", "quantity", "direction", "none")
 
@@ -112,6 +113,7 @@ def jump(cfg: Predictor, blocks: Blocks, updates, window, params, tau):
         return pair(cfg.criteria.mask(dd, s.astype(acc) - ref, tau), ref + dd)
 
     mask, target = unzip(jax.tree.map(leaf, window.last, disp, w_sgd))
+    target = _bounded(cfg, window.last, target, w_sgd, mask, tau)
     finite = (jnp.all(info.finite) & tree_math.tree_all_finite(target)
               & tree_math.tree_all_finite(w_sgd))
     if cfg.fit_on == "optimizer":
@@ -126,6 +128,30 @@ def jump(cfg: Predictor, blocks: Blocks, updates, window, params, tau):
     ratio = accepted.astype(jnp.float32) / max(tree_math.tree_size(params), 1)
     return new, window, JumpResult(finite & (accepted > 0), finite, jnp.where(finite, ratio, 0.0),
                                    info.eigenvalues, info.rank)
+
+
+def _bounded(cfg: Predictor, ref, target, w_sgd, mask, tau):
+    """The accepted move of each leaf, at most ``hi`` times the leaf's epoch displacement.
+
+    ``|d_l| <= hi |g_l|`` with ``hi = tau + 1`` (or ``criteria.upper``): the
+    quantity criterion already holds it weight by weight; without it (the
+    unmasked baselines) a leaf whose DMD has an unstable mode would otherwise
+    grow without limit from jump to jump. A leaf over the bound is scaled down.
+    """
+    hi = (jnp.asarray(tau, jnp.float32) + 1.0 if cfg.criteria.upper is None
+          else cfg.criteria.upper)
+
+    def leaf(r, t, s, msk):
+        acc = tree_math.accumulation_dtype(r.dtype)
+        r = r.astype(acc)
+        d = jnp.where(msk, t - r, 0.0)
+        g = s.astype(acc) - r
+        d_sq, cap_sq = jnp.sum(d * d), hi ** 2 * jnp.sum(g * g)
+        over = d_sq > cap_sq
+        factor = jnp.where(over, jnp.sqrt(cap_sq / jnp.maximum(d_sq, 1e-37)), 1.0)
+        return jnp.where(over, r + factor * (t - r), t)
+
+    return jax.tree.map(leaf, ref, target, w_sgd, mask)
 
 
 def _shift_reference(window, target, w_sgd, mask, finite):

@@ -21,17 +21,7 @@ The policies (``koopax.pdt(rollback=...)``, ``koopax.dmd_prediction(mode=...)``)
   (Tano et al.'s bootstrap fallback);
 * :class:`IgnoreRises`: nothing (the authors' trainer; Dogra & Redman).
 
-Bit-exact restoration. ``apply_updates`` computes ``fl(p + u)`` in the
-parameter dtype, and no single ``u`` reaches every ``s`` from every ``p``
-(``p = 1, s = 1e-8`` in float32: ``fl(1 + u)`` is 0 or ``6e-8``).
-:func:`restore_updates` restores in at most two steps: ``u = fl(s - p)`` where
-``fl(p + fl(s - p))`` is exactly ``s`` (checked bitwise, the same arithmetic
-``apply_updates`` does) and ``u = -p`` elsewhere (``p + (-p)`` is exactly
-``+0``); if any weight took the second path, the next step returns ``u = s -
-p'`` with ``p'`` in ``{s, +0}``, which is exact. During that extra step the
-base update is discarded and the epoch clock stands still. Exactness needs the
-updates to have at least the parameters' precision and the transformation to
-be last in the chain; ``-0.0`` comes back as ``+0.0``.
+Restoration is bit exact (``koopax._src.restore``).
 """
 
 from __future__ import annotations
@@ -43,63 +33,6 @@ import jax
 import jax.numpy as jnp
 
 from koopax._src import loss_tracking
-
-
-class _Pair:
-    """Two values returned from one ``tree.map`` leaf function (itself a leaf)."""
-
-    def __init__(self, first, second):
-        self.first, self.second = first, second
-
-
-def unzip(tree):
-    """Splits a tree of :class:`_Pair` into two trees."""
-    is_pair = lambda x: isinstance(x, _Pair)
-    return (jax.tree.map(lambda t: t.first, tree, is_leaf=is_pair),
-            jax.tree.map(lambda t: t.second, tree, is_leaf=is_pair))
-
-
-def pair(first, second) -> _Pair:
-    return _Pair(first, second)
-
-
-def _same_bits(a, b):
-    """Elementwise bitwise equality of two arrays of the same float dtype."""
-    uint = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[a.dtype.itemsize]
-    return jax.lax.bitcast_convert_type(a, uint) == jax.lax.bitcast_convert_type(b, uint)
-
-
-def restore_updates(params, saved, updates):
-    """Updates that move ``params`` to ``saved`` exactly, in one or two steps.
-
-    Returns ``(updates, done)``: ``done`` is True when
-    ``optax.apply_updates(params, updates)`` equals ``saved`` bit for bit;
-    otherwise the mismatching weights land on ``+0`` and a second call from
-    there is exact (module docstring).
-
-    Examples:
-      >>> import jax.numpy as jnp, optax
-      >>> from koopax._src.pdt.rollback import restore_updates
-      >>> p, s = {"w": jnp.float32(1.0)}, {"w": jnp.float32(1e-8)}
-      >>> u, done = restore_updates(p, s, p)
-      >>> bool(done), float(optax.apply_updates(p, u)["w"])        # via +0
-      (False, 0.0)
-      >>> p = optax.apply_updates(p, u)
-      >>> u, done = restore_updates(p, s, p)
-      >>> bool(done), float(optax.apply_updates(p, u)["w"]) == float(s["w"])
-      (True, True)
-    """
-    def leaf(p, s, u):
-        ct = jnp.result_type(p, u)
-        step = (s.astype(ct) - p.astype(ct)).astype(u.dtype)
-        land = jnp.asarray(p + step).astype(p.dtype)      # what apply_updates does
-        ok = _same_bits(land, s)
-        return _Pair(jnp.where(ok, step, (-p).astype(u.dtype)), jnp.all(ok))
-
-    new, oks = unzip(jax.tree.map(leaf, params, saved, updates))
-    oks = jax.tree.leaves(oks)
-    done = jnp.stack(oks).all() if oks else jnp.array(True)
-    return new, done
 
 
 class RollbackState(NamedTuple):
