@@ -2,7 +2,7 @@
 
 Runs the harness on MNIST-1D with SGD (lr 0.5, 30 epochs, 5 seeds) for MLPs of
 2, 4 and 6 hidden layers of 128 units, with ``pdt`` (masked prediction with
-rollback, its defaults), ``dogra`` (unmasked per-layer prediction) and ``tano``
+rollback, its defaults), ``pdt_layer`` (the same with one DMD per layer), ``dogra`` (unmasked per-layer prediction) and ``tano``
 (unmasked prediction with the bootstrap fallback), and plots the median
 training loss per epoch of every method at every depth (one panel per depth;
 non-finite losses are drawn at the top of the axis and marked).
@@ -30,7 +30,7 @@ from examples import report  # noqa: E402
 from examples.compare import positive_int  # noqa: E402
 from examples.train import Config, train_and_evaluate  # noqa: E402
 
-METHODS = ("pdt", "dogra", "tano")
+METHODS = ("pdt", "pdt_layer", "dogra", "tano")
 WIDTH = 128
 
 
