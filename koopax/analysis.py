@@ -9,15 +9,17 @@ and PDT's accepted fraction (PDT Fig. 5).
 from koopax._src.analysis import (
     AcceptedFractions,
     EigenvalueHistory,
-    NeutralSplit,
     accepted_fractions,
     eigenvalue_history,
+    recorded_eigenvalues,
+)
+from koopax._src.decomposition import (
+    NeutralSplit,
     mask_drop_epochs,
     neutral_reconstruction,
-    recorded_eigenvalues,
-    stack_snapshots,
     variance_explained,
 )
+from koopax._src.stacks import stack_snapshots
 
 __all__ = [
     "AcceptedFractions",

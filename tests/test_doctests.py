@@ -21,9 +21,11 @@ MODULES = sorted(
 
 # Modules whose public functions carry examples: a docstring edit that loses them
 # (or a finder that stops seeing them) fails here rather than passing silently.
-DOCUMENTED = ("koopax._src.analysis", "koopax._src.blocks", "koopax._src.clock",
+DOCUMENTED = ("koopax._src.analysis", "koopax._src.blocks", "koopax._src.clock", "koopax._src.compaction",
+              "koopax._src.decomposition", "koopax._src.stacks",
               "koopax._src.control", "koopax._src.diagnostics", "koopax._src.dmd",
               "koopax._src.kga.basis", "koopax._src.kga.masked", "koopax._src.kga.operator",
+              "koopax._src.kga.settings",
               "koopax._src.kga.window", "koopax._src.loss_tracking", "koopax._src.masks",
               "koopax._src.pdt.schedule", "koopax._src.restore",
               "koopax._src.snapshots", "koopax._src.tree_math")

@@ -8,7 +8,7 @@ import pytest
 
 import koopax
 import no_rollback
-from koopax._src import masks
+from koopax._src import compaction, masks
 
 from helpers import assert_trees_close
 
@@ -78,38 +78,38 @@ def test_monotone_update():
 def test_leaf_capacities_buckets():
     params = {"a": jnp.zeros((1000,)), "b": jnp.zeros((10,)), "c": jnp.zeros((300,))}
     # Leaves in flatten order a, b, c.
-    assert masks.leaf_capacities(1.0, params) == (1000, 10, 300)
-    assert masks.leaf_capacities(0.1, params) == (128, 10, 128)
-    assert masks.leaf_capacities(0.3, params) == (384, 10, 128)
-    assert masks.leaf_capacities(5000, params) == (1000, 10, 300)
-    assert masks.leaf_capacities(131, params) == (128, 10, 128)
+    assert compaction.leaf_capacities(1.0, params) == (1000, 10, 300)
+    assert compaction.leaf_capacities(0.1, params) == (128, 10, 128)
+    assert compaction.leaf_capacities(0.3, params) == (384, 10, 128)
+    assert compaction.leaf_capacities(5000, params) == (1000, 10, 300)
+    assert compaction.leaf_capacities(131, params) == (128, 10, 128)
 
 
 def test_compact_indices_gather_scatter():
     keep = {"a": jnp.array([True, False, True, True, False, True]),
             "b": jnp.array([[False, True], [False, False]])}
-    idx, fit, wanted = jax.jit(lambda k: masks.compact_indices(k, (3, 2)))(keep)
+    idx, fit, wanted = jax.jit(lambda k: compaction.compact_indices(k, (3, 2)))(keep)
     np.testing.assert_array_equal(idx[0], [0, 2, 3])      # 4th kept weight overflows
     np.testing.assert_array_equal(idx[1], [1, 4])         # padding n (out of range)
     assert int(fit) == 4 and int(wanted) == 5
     tree = {"a": jnp.arange(6.0), "b": jnp.arange(4.0).reshape(2, 2) + 10}
-    comp = jax.jit(masks.gather)(tree, idx)
+    comp = jax.jit(compaction.gather)(tree, idx)
     np.testing.assert_array_equal(comp[0], [0.0, 2.0, 3.0])
     np.testing.assert_array_equal(comp[1], [11.0, 0.0])
-    loose = jax.jit(lambda t, i: masks.gather(t, i, padding="any"))(tree, idx)
+    loose = jax.jit(lambda t, i: compaction.gather(t, i, padding="any"))(tree, idx)
     np.testing.assert_array_equal(loose[0], comp[0])          # no padding in leaf a
     assert float(loose[1][0]) == 11.0                         # kept entry; padding unspecified
     with pytest.raises(ValueError, match="padding"):
-        masks.gather(tree, idx, padding="nan")
-    out = jax.jit(masks.scatter_add)(tree, idx, (jnp.ones(3), jnp.full(2, 5.0)))
+        compaction.gather(tree, idx, padding="nan")
+    out = jax.jit(compaction.scatter_add)(tree, idx, (jnp.ones(3), jnp.full(2, 5.0)))
     np.testing.assert_array_equal(out["a"], [1.0, 1.0, 3.0, 4.0, 4.0, 5.0])
     np.testing.assert_array_equal(out["b"], [[10.0, 16.0], [12.0, 13.0]])
-    kept = jax.jit(masks.kept)(idx, tree)
+    kept = jax.jit(compaction.kept)(idx, tree)
     np.testing.assert_array_equal(kept["a"], [True, False, True, True, False, False])
     new_keep = (jnp.array([True, False, True]), jnp.array([True, True]))
     new_idx, taken, count = jax.jit(
-        lambda i, k, c: (lambda r: (r[0], masks.take(c, r[1]), r[2]))(
-            masks.recompact(i, k, (6, 4))))(idx, new_keep, comp)
+        lambda i, k, c: (lambda r: (r[0], compaction.take(c, r[1]), r[2]))(
+            compaction.recompact(i, k, (6, 4))))(idx, new_keep, comp)
     np.testing.assert_array_equal(new_idx[0], [0, 3, 6])
     np.testing.assert_array_equal(new_idx[1], [1, 4])
     np.testing.assert_array_equal(taken[0], [0.0, 3.0, 0.0])
@@ -340,7 +340,7 @@ def test_kga_mask_nonfinite_inputs_keep_compact_state_clean(norm_run):
     (lambda: masks.kwm(1e-3, rank=0), "rank"),
     (lambda: no_rollback.masked_kga("norm"), "mask"),
     (lambda: no_rollback.masked_kga(masks.delta(0.1, window=5), num_snapshots=4), "num_snapshots"),
-    (lambda: masks.leaf_capacities(-2, {"a": jnp.zeros(3)}), "capacity"),
+    (lambda: compaction.leaf_capacities(-2, {"a": jnp.zeros(3)}), "capacity"),
 ])
 def test_bad_arguments(make, name):
     with pytest.raises(ValueError, match=name):

@@ -9,13 +9,12 @@ DMD over them reports the annealing as decay (on a transformer under cosine,
 KGA's one stable eigenvalue followed the schedule, 0.86 -> 0.08).
 
 A :class:`Clock` given the base's ``learning_rate`` schedule takes a snapshot
-each time ``s`` crosses the next point of the grid ``0, ds, 2 ds, ...``, with
-``ds = snapshot_every * eta_peak`` (``snapshot_every`` steps at the peak
-rate). Snapshots get sparser as the rate decays, and the DMD sees equal
-increments of one flow: for ``L = 1/2 w^T H w`` under SGD its eigenvalues are
-``exp(-h_k ds)`` whatever the schedule (to ``O(eta)``). A crossing happens on a
-step boundary, so a period is ``ds`` to within one step's ``eta`` (the grid
-itself does not drift). Predictions and corrections are made in the same
+once ``s`` has grown by ``ds = snapshot_every * eta_peak`` since the last one
+(``snapshot_every`` steps at the peak rate). Snapshots get sparser as the rate
+decays, and the DMD sees equal increments of one flow: for ``L = 1/2 w^T H w``
+under SGD its eigenvalues are ``exp(-h_k ds)`` whatever the schedule (to
+``O(eta)``). A snapshot falls on the step boundary nearest its target, so a
+period is ``ds`` to within half a step's ``eta``. Predictions and corrections are made in the same
 time: a period ahead is ``ds`` of integrated rate, and no horizon reaches
 beyond what the schedule has left, ``S - s`` with ``S = sum_{t < T} eta_t``
 (:attr:`Clock.total_time`).
@@ -101,23 +100,28 @@ class Clock:
         """True when the step ``count`` starts with a snapshot."""
         if not self.counts_rate:
             return (count % self.snapshot_every) == 0
-        return state.time >= state.next_snapshot - self._slack
+        # The step boundary nearest the target: periods of ``ds`` +- eta / 2, unbiased
+        # (the first boundary past it made every period one step too long when a sum
+        # of rates fell short of ``ds`` by round-off or a slowly decaying rate).
+        return state.time + 0.5 * self.rate(count) >= state.next_snapshot
 
     def ends_period(self, count, state) -> jax.Array:
         """True when the step after ``count`` starts with a snapshot."""
         if not self.counts_rate:
             return (count + 1) % self.snapshot_every == 0
-        return _kahan_add(state, self.rate(count))[0] >= state.next_snapshot - self._slack
+        return self.due(count + 1, self.advance(count, state, self.due(count, state)))
 
     def advance(self, count, state, took) -> ClockState | tuple:
         """The state after step ``count`` (``took``: it started with a snapshot)."""
         if not self.counts_rate:
             return state
         time, comp = _kahan_add(state, self.rate(count))
-        grid = state.next_snapshot + jnp.where(took, self.period, 0.0)
-        # A step longer than a period skips grid points rather than piling them up.
-        grid = jnp.maximum(grid, jnp.where(took, time - self.period, grid))
-        return ClockState(time, comp, grid.astype(jnp.float32))
+        # The next snapshot is a period after this one's own time, not on a fixed grid:
+        # every period is then ``ds`` plus an overshoot that drifts with the rate, where
+        # a fixed grid alternates long and short periods (a 10-step period at a slowly
+        # decaying rate came out 11, 10, 10, ... steps and biased the DMD by 5 %).
+        nxt = jnp.where(took, state.time + self.period, state.next_snapshot)
+        return ClockState(time, comp, nxt.astype(jnp.float32))
 
     def periods_left(self, count, state) -> jax.Array | None:
         """``(S - s) / ds``: periods the run has left before step ``count`` (``None``:
@@ -126,11 +130,6 @@ class Clock:
             return None
         now = state.time if self.counts_rate else jnp.asarray(count, jnp.float32)
         return jnp.maximum(self.total_time - now, 0.0) / self.period
-
-    @property
-    def _slack(self) -> float:
-        # Round-off of ``s`` must not move a snapshot by a step at a constant rate.
-        return 1e-4 * self.period
 
 
 def _kahan_add(state: ClockState, value):
@@ -177,7 +176,7 @@ def make_clock(snapshot_every, *, learning_rate=None, total_steps=None,
       ...     taken += [t] if due else []
       ...     state = c.advance(t, state, due)
       >>> taken[:4], taken[-3:]
-      ([0, 21, 31, 41], [104, 126, 198])
+      ([0, 20, 30, 40], [102, 123, 169])
     """
     validation.static(snapshot_every, "snapshot_every")
     validation.static(total_steps, "total_steps")

@@ -36,8 +36,7 @@ import optax
 
 from koopax._src import snapshots, tree_math, validation
 from koopax._src.control import maybe_apply
-from koopax._src.kga import engine
-from koopax._src.kga.engine import Push
+from koopax._src.kga import engine, settings
 from koopax._src.kga.operator import leaf_squares
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -270,7 +269,7 @@ def efficient_kga(
         validation.static(value, name)
         if value is not None:
             validation.integer(value, name, low=1)
-    cfg = engine.make_settings(
+    cfg = settings.make_settings(
         alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
         learning_rate=learning_rate, total_steps=total_steps, increment=False, rank_cap=False,

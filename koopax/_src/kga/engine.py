@@ -19,18 +19,16 @@ are computed. The engine owns the rest, once:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import numbers
 from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from koopax._src import linalg, loss_tracking, tree_math, validation
-from koopax._src.blocks import Blocks, make_blocks, validate_blocks
-from koopax._src.clock import Clock, make_clock
+from koopax._src import loss_tracking, tree_math, validation
+from koopax._src.blocks import Blocks, make_blocks
+from koopax._src.kga.settings import Settings
 from koopax._src.control import maybe_apply, maybe_record
 from koopax._src.kga import operator as op_lib
 from koopax._src.kga import safety
@@ -115,62 +113,6 @@ class KGAState(NamedTuple):
     num_refreshes: jax.Array
     num_nonfinite: jax.Array
     num_clipped: jax.Array
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """The static settings the engine reads (validated by the factories)."""
-
-    alpha: Any
-    epsilon: Any
-    max_gain: Any
-    rank: Any
-    rcond: Any
-    clock: Clock
-    strategy: str          # each | increment | sum
-    apply_every: int
-    blocks: Any            # the block policy (None, 'leaf', 'layer' or a callable)
-    rollback: bool = False  # undo a correction after which the loss rose (needs value)
-
-
-def make_settings(*, alpha, num_snapshots, snapshot_every, apply_every, epsilon, rank,
-                  max_gain, rcond, learning_rate=None, total_steps=None, blocks=None,
-                  rank_cap=True, increment=True, rollback=False) -> Settings:
-    """Validates the hyperparameters every KGA variant shares; builds the clock.
-
-    ``apply_every``: ``None`` the newest increment at each snapshot, ``1``
-    every update, any other ``k`` the sum of ``k`` updates (``k`` equal to a
-    step clock's ``snapshot_every`` is the newest increment too). A variant
-    without the increment strategy (``increment=False``) sums instead.
-    """
-    for value, name in ((num_snapshots, "num_snapshots"), (apply_every, "apply_every"),
-                        (rank, "rank"), (rcond, "rcond")):
-        validation.static(value, name)
-    validation.number(alpha, "alpha", low=0.0)
-    validation.integer(num_snapshots, "num_snapshots", low=3)
-    if apply_every is not None:
-        validation.integer(apply_every, "apply_every", low=1)
-    validation.number(epsilon, "epsilon", low=0.0, high=1.0, what="a number in [0, 1)")
-    linalg.validate_rank(rank)
-    max_rank = num_snapshots - 2
-    if rank_cap and isinstance(rank, numbers.Integral) and rank > max_rank:
-        raise ValueError(f"rank must be <= num_snapshots - 2 = {max_rank} (the number of "
-                         f"increment pairs); got {rank}.")
-    validation.number(max_gain, "max_gain", low=1.0, low_open=True)
-    validation.optional_fraction(rcond, "rcond")
-    validate_blocks(blocks)
-    validation.boolean(rollback, "rollback")
-    clock = make_clock(snapshot_every, learning_rate=learning_rate, total_steps=total_steps,
-                       num_snapshots=num_snapshots)
-    if apply_every is None and clock.counts_rate and increment:
-        strategy, apply_every = "increment", clock.snapshot_every
-    else:
-        apply_every = clock.snapshot_every if apply_every is None else apply_every
-        strategy = ("each" if apply_every == 1 else
-                    "increment" if (increment and apply_every == clock.snapshot_every
-                                    and not clock.counts_rate) else "sum")
-    return Settings(alpha, epsilon, max_gain, rank, rcond, clock, strategy, apply_every, blocks,
-                    rollback)
 
 
 def _init(cfg: Settings, columns: Columns, params) -> KGAState:

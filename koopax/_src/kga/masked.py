@@ -53,9 +53,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from koopax._src import masks, snapshots, tree_math, validation
+from koopax._src import compaction, masks, snapshots, tree_math, validation
 from koopax._src.control import choose, maybe_apply
-from koopax._src.kga import engine
+from koopax._src.kga import engine, settings
 from koopax._src.kga.engine import Push
 from koopax._src.kga.operator import leaf_squares, slot_coefficients
 from koopax._src.snapshots import RingWindow
@@ -149,7 +149,7 @@ def _live_ring(store: MaskedColumns) -> RingWindow:
 def _compact_products(store, tree):
     """``X_I^T u_I`` as matrix products on the compact views (about 2x faster than
     multiply-and-reduce at ``c_l ~ 1e5``) and the kept entries' ``|u_I,l|^2``."""
-    uc = masks.gather(tree, store.indices)
+    uc = compaction.gather(tree, store.indices)
     slots = compact_slots(store)
     acc = [tree_math.accumulation_dtype(jnp.result_type(s, x)) for s, x in zip(slots, uc)]
     products = jnp.stack([jnp.matmul(s.astype(dt), x.astype(dt), precision=_HIGHEST)
@@ -164,18 +164,18 @@ def _compact_combination(store, coefficients, like):
     acc = [tree_math.accumulation_dtype(jnp.result_type(s, x)) for s, x in zip(slots, leaves)]
     dc = tuple(jnp.matmul(a.astype(dt), s.astype(dt), precision=_HIGHEST).astype(x.dtype)
                for a, s, x, dt in zip(coefficients, slots, leaves, acc))
-    return masks.scatter_add(jax.tree.map(jnp.zeros_like, like), store.indices, dc)
+    return compaction.scatter_add(jax.tree.map(jnp.zeros_like, like), store.indices, dc)
 
 
 def _to_compact(mask, store: MaskedColumns, sizes, caps) -> MaskedColumns:
     w = store.window
     keep = jax.tree.map(jnp.logical_not, mask.exclude(_inputs(w)))
-    indices, num_kept, num_wanted = masks.compact_indices(keep, caps)
-    slots = tuple(masks.gather_rows(_rows(s), i)
+    indices, num_kept, num_wanted = compaction.compact_indices(keep, caps)
+    slots = tuple(compaction.gather_rows(_rows(s), i)
                   for s, i in zip(jax.tree.leaves(w.slots), indices))
     return store._replace(
         compact=jnp.array(True), indices=indices, window=_store_compact(w, slots),
-        compact_window=_compact_ring(masks.gather(w.last, indices), slots, w.num_snapshots),
+        compact_window=_compact_ring(compaction.gather(w.last, indices), slots, w.num_snapshots),
         last_decision=w.num_snapshots, num_kept=num_kept,
         num_overflow=num_wanted - num_kept,
         masked_fraction=(1.0 - num_wanted / sum(sizes)).astype(jnp.float32),
@@ -185,11 +185,11 @@ def _to_compact(mask, store: MaskedColumns, sizes, caps) -> MaskedColumns:
 def _shrink(mask, store: MaskedColumns, sizes) -> MaskedColumns:
     cw = store.compact_window._replace(slots=compact_slots(store))
     keep = tuple(jnp.logical_not(e) for e in mask.exclude(_inputs(cw)))
-    indices, positions, num_kept = masks.recompact(store.indices, keep, sizes)
-    slots = tuple(masks.gather_rows(s, p) for s, p in zip(cw.slots, positions))
+    indices, positions, num_kept = compaction.recompact(store.indices, keep, sizes)
+    slots = tuple(compaction.gather_rows(s, p) for s, p in zip(cw.slots, positions))
     excluded_total = sum(sizes) - num_kept - store.num_overflow
     return store._replace(
-        compact_window=_compact_ring(masks.take(cw.last, positions), slots, cw.num_snapshots),
+        compact_window=_compact_ring(compaction.take(cw.last, positions), slots, cw.num_snapshots),
         window=_store_compact(store.window, slots), indices=indices,
         last_decision=cw.num_snapshots, num_kept=num_kept,
         masked_fraction=(excluded_total / sum(sizes)).astype(jnp.float32),
@@ -206,7 +206,7 @@ def _push_full(store: MaskedColumns, params):
 def _push_compact(store: MaskedColumns, params):
     cw = store.compact_window._replace(slots=compact_slots(store))
     old = cw.leaf_grams
-    cw, rows = snapshots.ring_push_rows(cw, masks.gather(params, store.indices))
+    cw, rows = snapshots.ring_push_rows(cw, compaction.gather(params, store.indices))
     window = _store_compact(store.window, cw.slots)
     # The full snapshot stays current in the compact phase too: a rollback restores it.
     window = window._replace(last=jax.tree.map(lambda p, l: p.astype(l.dtype), params,
@@ -216,7 +216,7 @@ def _push_compact(store: MaskedColumns, params):
 
 def _statics(capacity, params):
     sizes = tuple(int(np.prod(np.shape(x), dtype=np.int64)) for x in jax.tree.leaves(params))
-    return sizes, masks.leaf_capacities(capacity, params)
+    return sizes, compaction.leaf_capacities(capacity, params)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +243,7 @@ class MaskedVariant:
             window=snapshots.init_ring(params, m, self.snapshot_dtype),
             compact_window=snapshots.init_ring(compact_like, m, self.snapshot_dtype)._replace(
                 slots=None),
-            indices=tuple(masks.padding_indices(n, c) for n, c in zip(sizes, caps)),
+            indices=tuple(compaction.padding_indices(n, c) for n, c in zip(sizes, caps)),
             compact=jnp.array(False), last_decision=jnp.zeros((), jnp.int32),
             num_kept=jnp.zeros((), jnp.int32), num_overflow=jnp.zeros((), jnp.int32),
             masked_fraction=jnp.zeros((), jnp.float32),
@@ -373,7 +373,7 @@ def masked_kga(
         raise validation.ArgumentError(
             f"mask must be a koopax.masks.Mask; got {type(mask).__name__}.")
     validation.floating_dtype(snapshot_dtype, "snapshot_dtype")
-    cfg = engine.make_settings(
+    cfg = settings.make_settings(
         alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
         learning_rate=learning_rate, total_steps=total_steps, blocks=blocks, rollback=rollback)
@@ -394,5 +394,5 @@ def masked_kga_kept(state: engine.KGAState, params):
     Before the first mask decision every weight is accelerated.
     """
     store = state.columns
-    inside = masks.kept(store.indices, params)
+    inside = compaction.kept(store.indices, params)
     return jax.tree.map(lambda x: x | ~store.compact, inside)

@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import optax
 
 from koopax._src import snapshots, tree_math, validation
-from koopax._src.kga import engine
+from koopax._src.kga import engine, settings
 from koopax._src.kga.engine import Push
 from koopax._src.kga.operator import leaf_squares, slot_coefficients
 
@@ -219,7 +219,7 @@ def kga(
       7AB077M4TY, 2024, Algorithm 1 and Eqs. 7-13.
     """
     validation.floating_dtype(snapshot_dtype, "snapshot_dtype")
-    cfg = engine.make_settings(
+    cfg = settings.make_settings(
         alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
         learning_rate=learning_rate, total_steps=total_steps, blocks=blocks, rollback=rollback)
