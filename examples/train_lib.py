@@ -3,10 +3,12 @@
 Use :mod:`examples.train` (:class:`~examples.train.Runner`,
 :func:`~examples.train.model_task`, :func:`~examples.train.train_and_evaluate`)
 and :mod:`examples.methods` instead. Everything here is a thin adapter over
-them; there is no second training loop. Two legacy behaviours are kept:
+them; there is no second training loop. Three legacy behaviours are kept:
 :func:`build_optimizer` drops the hyperparameters the method does not accept
-(the new API rejects them) and fills the KGA family's ``alpha`` /
-``num_snapshots`` with this module's old defaults (1.0 and 6).
+(the new API rejects them), fills the KGA family's ``alpha`` /
+``num_snapshots`` with this module's old defaults (1.0 and 6), and keeps the
+step clock (``clock='steps'``: it is not given the base's learning rate nor the
+run's length that the harness's default ``clock='rate'`` needs).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def build_optimizer(method, base, hparams, steps_per_epoch):
     legacy = KGA_DEFAULTS if method in _methods.KGA_FAMILY else {}
     options = {k: v for k, v in {**legacy, **dict(hparams or {})}.items()
                if k in accepted and v is not None}
+    if "clock" in accepted:
+        options.setdefault("clock", "steps")
     return _methods.build_optimizer(method, base, options, steps_per_epoch)
 
 
