@@ -227,9 +227,9 @@ def efficient_kga(
     """Efficient-KGA: KGA over a streaming basis of ``basis_size`` directions.
 
     Args:
-      alpha, num_snapshots, snapshot_every, epsilon, rank, max_gain, rcond,
-      learning_rate, total_steps, rollback: as in :func:`koopax.kga` (one
-        block: the basis is global).
+      alpha, num_snapshots, snapshot_every, epsilon, rank, max_gain, rcond: as
+        in :func:`koopax.kga` (one block: the basis is global).
+      learning_rate, total_steps, rollback: as in :func:`koopax.kga`.
       apply_every: ``k``: ``1`` (default) corrects every update; ``k > 1``
         (``None``: ``snapshot_every``) corrects the sum of ``k`` base updates,
         kept in one parameter-sized buffer: ``N`` more memory, which is what

@@ -342,9 +342,10 @@ def masked_kga(
     Args:
       mask: a :class:`koopax.masks.Mask` (``masks.kwm``, ``masks.norm``,
         ``masks.delta``); ``num_snapshots`` must be at least ``mask.min_snapshots``.
-      alpha, num_snapshots, snapshot_every, epsilon, rank, blocks,
-      learning_rate, total_steps, snapshot_dtype, max_gain, rcond, rollback:
-        as in :func:`koopax.kga` (a block's DMD row count is its leaves' capacity).
+      alpha, num_snapshots, snapshot_every, epsilon, rank, blocks: as in
+        :func:`koopax.kga` (a block's DMD row count is its leaves' capacity).
+      learning_rate, total_steps, snapshot_dtype, max_gain, rcond, rollback: as
+        in :func:`koopax.kga`.
       apply_every: ``1`` corrects every update (on compact vectors), ``None``
         or ``snapshot_every`` the newest increment at each snapshot (nothing
         between snapshots). Other values: ValueError.

@@ -13,7 +13,7 @@ next) is an oscillation, not a slow transient, and its gain ``1 + s lambda``
 would shrink or reverse the base's progress (Efficient-KGA's per-update
 correction then spiked the loss 10-40x on the README's main job). With blocks (:mod:`koopax._src.blocks`) every block ``b`` has its own
 ``K_b`` from its own Gram matrix. The correction of a base displacement ``u``
-(one update, or the sum of several) is ``delta = X a`` with
+(one update, or the sum of several) is ``delta = X a`` with::
 
     a_b = s_b K_b X_b^T u_b,     s_b = min(scale * alpha, (max_gain - 1) / |M_b|_2)
 
