@@ -1,13 +1,19 @@
-"""Sphinx configuration for the koopax API reference.
+"""Sphinx configuration for the koopax reference site.
 
 Build (warnings are errors)::
 
     python -m sphinx -W --keep-going -b html docs docs/_build/html
+
+``docs/api.rst`` lists the public names in ``autosummary`` tables; Sphinx
+generates one page per name under ``docs/api/`` (not committed). The notebooks
+under ``docs/notebooks/`` are rendered from their stored outputs and never
+executed here (``docs/render_notebooks.py`` regenerates them).
 """
 
 import importlib
 import inspect
 import os
+import shutil
 import sys
 
 # Import koopax from this checkout, installed or not.
@@ -23,27 +29,95 @@ version = release
 
 extensions = [
     "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
-    "myst_parser",
+    "myst_nb",  # MyST Markdown (myst-parser) and stored notebook outputs
 ]
 
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build"]
+templates_path = ["_templates"]
+
+# One page per public name (docs/api.rst's tables), generated into docs/api/ at
+# every build. The folder is emptied first: a page left from a renamed or
+# removed name would otherwise be "not included in any toctree" (an error).
+shutil.rmtree(os.path.join(os.path.dirname(os.path.abspath(__file__)), "api"), ignore_errors=True)
+autosummary_generate = True
+autosummary_imported_members = False
+
+# The notebooks are executed by docs/render_notebooks.py, never by the build.
+nb_execution_mode = "off"
+nb_merge_streams = True  # one output box per cell, not one per print
+myst_enable_extensions = ["dollarmath"]
+myst_heading_anchors = 3
 
 # Google-style docstrings (Args:, Returns:, Attributes:, Examples:).
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+# The Attributes: sections say each field's dtype and shape in words; the raw
+# annotations (jax.Array, private module paths) would only repeat them worse.
+napoleon_attr_annotations = False
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 # Signatures show defaults as written in the source (e.g. jnp.float32, not a repr).
 autodoc_preserve_defaults = True
+# ``jax.typing.ArrayLike`` is a six-type union: show its name, not its expansion.
+autodoc_type_aliases = {"jax.typing.ArrayLike": "ArrayLike"}
+autodoc_typehints_format = "short"
+# A long signature gets one parameter per line.
+maximum_signature_line_length = 88
 
-html_theme = "alabaster"
-html_static_path = []
+html_theme = "pydata_sphinx_theme"
 html_title = f"koopax {release}"
+html_static_path = []
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    "navbar_align": "left",
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version", "theme-version"],
+    # The notebooks' plots get the page's whole width (no right-hand sidebar).
+    "secondary_sidebar_items": {
+        pattern: ["page-toc", "sourcelink"] for pattern in ("*", "api/*", "how_it_works/*")
+    } | {"notebooks/*": []},
+}
+# Pages without subpages need no section navigation.
+html_sidebars = {page: [] for page in ("index", "usage", "design", "benchmarks", "reproduction",
+                                       "changelog")}
+
+
+def _present_public_names():
+    """Gives every public class its public name, for this build only.
+
+    ``koopax.PDTSchedule`` is ``koopax._src.pdt.engine.ScheduleState``
+    re-exported under another name; autodoc documents a class whose
+    ``__name__`` differs from the documented name as "alias of ...", without
+    its docstring or fields. Renaming the class object in the Sphinx process
+    documents it as what users import (koopax itself is unchanged).
+    """
+    for module in (koopax, koopax.dmd, koopax.masks, koopax.analysis):
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if inspect.isclass(obj) and obj.__name__ != name:
+                obj.__name__ = obj.__qualname__ = name
+
+
+_present_public_names()
+
+
+def _namedtuple_signature(app, what, name, obj, options, signature, return_annotation):
+    """A NamedTuple's signature lists its field names only.
+
+    Its fields are documented in the class docstring's ``Attributes:``; their
+    annotations (``jax.Array``, private module aliases) add nothing there.
+    """
+    del app, name, options, signature, return_annotation
+    if what == "class" and inspect.isclass(obj) and issubclass(obj, tuple) \
+            and hasattr(obj, "_fields"):
+        return f"({', '.join(obj._fields)})", None
+    return None  # everything else as autodoc made it
 
 
 def _skip_namedtuple_fields(app, what, name, obj, skip, options):
@@ -96,4 +170,5 @@ def _module_docstring_directive():
 
 def setup(app):
     app.connect("autodoc-skip-member", _skip_namedtuple_fields)
+    app.connect("autodoc-process-signature", _namedtuple_signature)
     app.add_directive("module-docstring", _module_docstring_directive())
