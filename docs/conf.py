@@ -108,14 +108,17 @@ _present_public_names()
 
 
 def _namedtuple_signature(app, what, name, obj, options, signature, return_annotation):
-    """A NamedTuple's signature lists its field names only.
+    """A NamedTuple (every public class) shows no signature when its docstring's
+    ``Attributes:`` lists the fields in order right below, its field names otherwise.
 
-    Its fields are documented in the class docstring's ``Attributes:``; their
-    annotations (``jax.Array``, private module aliases) add nothing there.
+    The annotations autodoc would show (``jax.Array``, private module aliases)
+    add nothing to the fields' descriptions.
     """
     del app, name, options, signature, return_annotation
     if what == "class" and inspect.isclass(obj) and issubclass(obj, tuple) \
             and hasattr(obj, "_fields"):
+        if "Attributes:" in (inspect.getdoc(obj) or ""):
+            return "", None
         return f"({', '.join(obj._fields)})", None
     return None  # everything else as autodoc made it
 
