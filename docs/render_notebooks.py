@@ -69,12 +69,11 @@ def _clean(nb):
 
 def render(name, quick, timeout):
     nb = jupytext.read(os.path.join(SOURCES, name))
-    env = {"KOOPAX_NB_QUICK": "1" if quick else "0",
-           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    os.environ.update(env)  # the kernel inherits this process's environment
+    env = dict(os.environ, KOOPAX_NB_QUICK="1" if quick else "0",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                      resources={"metadata": {"path": SOURCES}})
-    client.execute()
+    client.execute(env=env)  # the kernel's environment
     _clean(nb)
     nb.cells.insert(1, nbformat.v4.new_markdown_cell(_note(name, quick)))  # after the title
     nb.metadata.pop("jupytext", None)
