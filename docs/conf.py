@@ -71,7 +71,8 @@ maximum_signature_line_length = 88
 
 html_theme = "pydata_sphinx_theme"
 html_title = f"koopax {release}"
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
