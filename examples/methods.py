@@ -268,7 +268,9 @@ class Method:
 
         ``learning_rate`` (the base's number or schedule) and ``total_steps``
         reach a koopax method built with the option ``clock='rate'`` (snapshots
-        at equal increments of the integrated rate; :func:`koopax.kga`).
+        at equal increments of the integrated rate; :func:`koopax.kga`). Without
+        them the default clock falls back to ``'steps'``; an explicit
+        ``clock='rate'`` raises.
         """
         check_positive(steps_per_epoch, "steps_per_epoch", integer=True)
         opts = options_for(self.name, options)
@@ -278,8 +280,11 @@ class Method:
         clock = extras.pop("clock", None)
         if clock is not None and clock not in CLOCKS:
             raise ValueError(f"{self.name}: clock must be one of {CLOCKS}; got {clock!r}.")
+        unknown_rate = learning_rate is None or total_steps is None
+        if clock == "rate" and unknown_rate and "clock" not in options:
+            clock = "steps"  # the default clock, where the caller knows no rate
         if clock == "rate":
-            if learning_rate is None or total_steps is None:
+            if unknown_rate:
                 raise ValueError(f"{self.name}: clock='rate' needs the base's learning_rate "
                                  "and total_steps.")
             opts.setdefault("learning_rate", learning_rate)

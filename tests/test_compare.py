@@ -373,3 +373,13 @@ def test_quick_flag_and_defaults():
     assert config.epochs == 1 and config.seeds == 1 and config.size == "tiny"
     _, config = compare.parse_args([])
     assert config == train.Config()
+
+
+def test_default_clock_falls_back_to_steps_without_a_rate_but_explicit_rate_raises():
+    tx = methods.build_optimizer("kga", optax.sgd(0.1), None, 4)
+    assert tx is not None
+    with pytest.raises(ValueError, match="learning_rate"):
+        methods.build_optimizer("kga", optax.sgd(0.1), {"clock": "rate"}, 4)
+    tx = methods.build_optimizer("kga", optax.sgd(0.1), {"clock": "rate"}, 4,
+                                 learning_rate=0.1, total_steps=40)
+    assert tx is not None

@@ -135,7 +135,7 @@ def test_accelerated_fraction_matches_a_masked_kga_state():
     # The norm criterion keeps ~500 weights of w (none of b); a capacity of 0.3 gives w
     # 384 slots, so ~116 overflow.
     mask = koopax.masks.norm(float(np.median(np.abs(np.asarray(params["w"])))), capacity=0.3)
-    tx = optax.chain(optax.sgd(0.1), koopax.masked_kga(mask, snapshot_every=1,
+    tx = optax.chain(optax.sgd(0.1), koopax.masked_kga(mask, snapshot_every=1, rollback=False,
                                                        num_snapshots=3))
     state = tx.init(params)
     for _ in range(5):

@@ -52,11 +52,11 @@ def leaf_capacities(capacity, params) -> tuple:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax._src import masks
+      >>> from koopax._src import compaction
       >>> params = {"a": jnp.zeros(1000), "b": jnp.zeros(100)}
-      >>> masks.leaf_capacities(0.1, params)  # ceil(0.1 n), up to a multiple of 128, <= n
+      >>> compaction.leaf_capacities(0.1, params)  # ceil(0.1 n), up to a multiple of 128, <= n
       (128, 100)
-      >>> masks.leaf_capacities(550, params)  # an int: the same fraction 550 / 1100 per leaf
+      >>> compaction.leaf_capacities(550, params)  # an int: the same fraction 550 / 1100 per leaf
       (512, 100)
     """
     validate_capacity(capacity)
@@ -125,12 +125,12 @@ def compact_indices(keep, capacities):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax._src import masks
+      >>> from koopax._src import compaction
       >>> keep = {"w": jnp.array([True, False, True, True])}
-      >>> indices, num_kept, num_wanted = masks.compact_indices(keep, (2,))
+      >>> indices, num_kept, num_wanted = compaction.compact_indices(keep, (2,))
       >>> indices[0].tolist(), int(num_kept), int(num_wanted)  # room for 2 of 3
       ([0, 2], 2, 3)
-      >>> masks.compact_indices(keep, (4,))[0][0].tolist()  # padding: 4, out of range
+      >>> compaction.compact_indices(keep, (4,))[0][0].tolist()  # padding: 4, out of range
       [0, 2, 3, 4]
     """
     leaves = jax.tree.leaves(keep)
@@ -181,9 +181,9 @@ def gather(tree, indices, *, padding="zero"):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax._src import masks
+      >>> from koopax._src import compaction
       >>> indices = (jnp.array([1, 3, 4], jnp.int32),)  # 4 is padding
-      >>> masks.gather({"w": jnp.array([10.0, 20.0, 30.0, 40.0])}, indices)[0].tolist()
+      >>> compaction.gather({"w": jnp.array([10.0, 20.0, 30.0, 40.0])}, indices)[0].tolist()
       [20.0, 40.0, 0.0]
     """
     modes = {"zero": "fill", "any": "clip"}
@@ -199,10 +199,10 @@ def scatter_add(tree, indices, compact):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax._src import masks
+      >>> from koopax._src import compaction
       >>> indices = (jnp.array([1, 3, 4], jnp.int32),)  # 4 is padding
       >>> tree = {"w": jnp.array([10.0, 20.0, 30.0, 40.0])}
-      >>> masks.scatter_add(tree, indices, (jnp.array([1.0, 2.0, 99.0]),))["w"].tolist()
+      >>> compaction.scatter_add(tree, indices, (jnp.array([1.0, 2.0, 99.0]),))["w"].tolist()
       [10.0, 21.0, 30.0, 42.0]
     """
     dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
@@ -221,9 +221,9 @@ def kept(indices, params):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from koopax._src import masks
+      >>> from koopax._src import compaction
       >>> indices = (jnp.array([1, 3, 4], jnp.int32),)  # 4 is padding
-      >>> masks.kept(indices, {"w": jnp.zeros(4)})["w"].tolist()
+      >>> compaction.kept(indices, {"w": jnp.zeros(4)})["w"].tolist()
       [False, True, False, True]
     """
     leaves, treedef = jax.tree.flatten(params)

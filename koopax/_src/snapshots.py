@@ -122,30 +122,36 @@ def ring_push_rows(ring: RingWindow, params, record=True) -> tuple[RingWindow, j
     express the new increment in the previous window's coordinates.
     ``record`` (a traced bool) False leaves the window as it was (every write
     a select in the same pass, so no gate and no copy): how a non-finite
-    snapshot is skipped.
+    snapshot is skipped; so is an increment whose products overflow (the
+    window's ``num_snapshots`` then does not advance).
     """
     m = ring_size(ring)
     slot = (ring.num_snapshots - 1) % m
     first = ring.num_snapshots == 0
-    record = jnp.asarray(record, bool)   # ``~True`` would be the int -2
 
     def increment(p, last, s):
         dt = tree_math.accumulation_dtype(jnp.result_type(p, last))
-        new = (p.astype(dt) - last.astype(dt)).astype(s.dtype)
-        return jnp.where(record, new, jax.lax.dynamic_index_in_dim(s, slot, 0, keepdims=False))
+        return (p.astype(dt) - last.astype(dt)).astype(s.dtype)
 
-    incs = jax.tree.map(increment, params, ring.last, ring.slots)
-    old = jnp.where(first | ~record, 0.0, tree_math.stacked_products(ring.slots, incs))
-    norms = jnp.where(first, 0.0, jnp.stack(
-        [tree_math.tree_vdot(d, d) for d in jax.tree.leaves(incs)]) if old.size else old[:, 0])
-    rows = old.at[:, slot].set(norms) if old.size else old
+    new = jax.tree.map(increment, params, ring.last, ring.slots)
+    products = tree_math.stacked_products(ring.slots, new)
+    squares = (jnp.stack([tree_math.tree_vdot(d, d) for d in jax.tree.leaves(new)])
+               if products.size else products[:, 0])
+    # An increment so large that its products overflow is skipped like a non-finite
+    # snapshot: the window never holds an inf or NaN Gram entry.
+    record = (jnp.asarray(record, bool) & jnp.isfinite(jnp.sum(products))
+              & jnp.isfinite(jnp.sum(squares)))     # ``~True`` would be the int -2
+    old = jnp.where(first | ~record, 0.0, products)
+    rows = old.at[:, slot].set(jnp.where(first, 0.0, squares)) if old.size else old
     # The write must come after every read of the old slots; tying the written
-    # values to the products (a zero XLA does not fold, also for an overflowed
-    # product) orders it, so the slots are updated in place instead of copied twice.
-    after = jnp.minimum(jnp.abs(jnp.sum(rows)), 0.0)
+    # values to the products (a zero XLA does not fold, whatever the products
+    # are) orders it, so the slots are updated in place instead of copied twice.
+    after = jnp.minimum(jnp.abs(jnp.nan_to_num(jnp.sum(rows))), 0.0)
     slots = jax.tree.map(
-        lambda s, d: jax.lax.dynamic_update_index_in_dim(s, d + after.astype(d.dtype), slot, 0),
-        ring.slots, incs)
+        lambda s, d: jax.lax.dynamic_update_index_in_dim(
+            s, jnp.where(record, d, jax.lax.dynamic_index_in_dim(s, slot, 0, keepdims=False))
+            + after.astype(d.dtype), slot, 0),
+        ring.slots, new)
     grams = ring.leaf_grams.at[:, slot, :].set(rows).at[:, :, slot].set(rows)
     grams = jnp.where(record, grams, ring.leaf_grams)
     last = jax.tree.map(lambda p, l: jnp.where(record, p.astype(l.dtype), l), params, ring.last)

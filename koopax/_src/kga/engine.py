@@ -98,7 +98,9 @@ class KGAState(NamedTuple):
       rollback: :class:`koopax.KGARollback` (``()`` with ``rollback=False``).
       num_refreshes: int32 successful DMD refreshes.
       num_nonfinite: int32 events where a non-finite snapshot, DMD or
-        correction was rejected (the base update was used instead).
+        correction was rejected (the base update was used instead); with
+        ``increment``, also every non-finite base update (passed through
+        unchanged; the other strategies reject its correction).
       num_clipped: int32 corrections the per-leaf bound scaled down.
     """
 
@@ -338,6 +340,9 @@ def _update(cfg: Settings, columns: Columns, updates, state: KGAState, params=No
     # The gate carries the state only: the updates' own fusion is not broken.
     state = maybe_record(take, snapshot, state, params)
     state, corrected = _apply(cfg, columns, blocks, state, updates, take, params)
+    if cfg.strategy == "increment":   # the base's non-finite update passes: count it
+        bad = ~tree_math.tree_all_finite(updates)
+        state = state._replace(num_nonfinite=state.num_nonfinite + bad.astype(jnp.int32))
     if cfg.rollback:          # a restoring update replaces one step's update only
         state = state._replace(rollback=state.rollback._replace(replace=jnp.zeros((), bool)))
     if value is not None:     # a restoring step's loss belongs to no period
