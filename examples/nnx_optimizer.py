@@ -8,8 +8,13 @@ Trains an MLP on the scikit-learn digits with
 
 ``nnx.Optimizer.update(model, grads, /, **kwargs)`` (flax 0.12) forwards its
 keyword arguments to ``tx.update(grads, opt_state, params, **kwargs)``, and it
-always passes the parameters, which KGA needs. KGA ignores ``value``; the
-loss-aware transformations (``koopax.pdt``) read it.
+always passes the parameters, which KGA needs. ``value=loss`` is required: KGA
+rolls back a correction after which the loss rose (``rollback=False`` opts out).
+
+The step is wrapped once with ``nnx.cached_partial(train_step, model,
+optimizer)``: koopax's state holds a few dozen arrays, and a plain ``nnx.jit``
+call walks the whole graph (model and optimizer state) in Python at every step;
+the cached partial traverses it once (``python -m benchmarks.nnx_cost``).
 
 Run ``python -m examples.nnx_optimizer`` (``--help`` for options).
 """
@@ -74,11 +79,12 @@ def main(argv=None):
     )
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
+    step = nnx.cached_partial(train_step, model, optimizer)
     rng = np.random.default_rng(args.seed)
     history = []
     t0 = time.perf_counter()
     for epoch in range(args.epochs):
-        losses = [train_step(model, optimizer, jnp.asarray(xb), jnp.asarray(yb))
+        losses = [step(jnp.asarray(xb), jnp.asarray(yb))
                   for xb, yb in batches(data.x_train, data.y_train, args.batch_size, rng=rng)]
         history.append(float(jnp.mean(jnp.stack(losses))))
         # KGA's diagnostics live in the optimizer state.

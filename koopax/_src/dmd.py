@@ -23,7 +23,7 @@ below ``rcond * sigma_1`` (default ``1e-3`` in float32, ``1e-6`` in float64)
 are treated as noise and dropped whatever the rank policy. Raw weight
 snapshots share a large common component; for training dynamics koopax's
 transformations therefore run DMD on increments ``w_{t+1} - w_t`` (see
-:mod:`koopax.snapshots`), while :func:`exact_dmd` is the textbook quantity on
+:mod:`koopax._src.snapshots`), while :func:`exact_dmd` is the textbook quantity on
 whatever snapshots it is given.
 
 References:
@@ -80,7 +80,7 @@ def reduced_operator(gram_xx, gram_xy, *, rank, matrix_shape, num_valid=None, rc
     Args:
       gram_xx: ``(k, k)`` symmetric ``X^T X``.
       gram_xy: ``(k, k)`` ``X^T Y``.
-      rank: rank policy (see :func:`koopax.linalg.rank_mask`).
+      rank: rank policy (see :func:`koopax.dmd.rank_mask`).
       matrix_shape: static ``(N, k)`` shape of ``X`` (for ``rank='svht'``).
       num_valid: number of meaningful snapshot pairs (padding beyond).
       rcond: noise floor relative to ``sigma_1``; default by dtype.
@@ -108,12 +108,12 @@ def gram_operator(gram, *, rank, num_features: int, num_valid=None, rcond=None):
     ``X^T X = G[:-1, :-1]`` and ``X^T Y = G[:-1, 1:]`` (:func:`reduced_operator`).
     With the default rank policy (``rank=None``) the noise threshold comes
     from the singular values of the whole window, ``sqrt(eig(G))``
-    (:func:`koopax.linalg.isotropic_noise_threshold`): its ``m`` values show
+    (:func:`koopax._src.linalg.isotropic_noise_threshold`): its ``m`` values show
     a noise cluster that the ``m - 1`` of ``X`` alone may hide.
 
     Args:
       gram: ``(m, m)`` Gram matrix of the window, oldest snapshot first.
-      rank: rank policy (:func:`koopax.linalg.rank_mask`).
+      rank: rank policy (:func:`koopax.dmd.rank_mask`).
       num_features: static ``N``, the size of one snapshot.
       num_valid: meaningful pairs (default all ``m - 1``).
       rcond: noise floor relative to ``sigma_1``; default by dtype.
@@ -209,7 +209,7 @@ def exact_dmd(snapshots, *, rank=None, rcond=None) -> DMD:
         carry the ``h`` snapshots on their leading axis (``h >= 2``).
       rank: ``None`` (every singular value above the isotropic-noise
         cluster of the window, possibly none: see
-        :func:`koopax.linalg.rank_mask`), ``'svht'`` (Gavish–Donoho optimal
+        :func:`koopax.dmd.rank_mask`), ``'svht'`` (Gavish–Donoho optimal
         hard threshold for unknown noise, PyDMD's ``svd_rank=0``), an int
         (fixed rank; also the static size of the result), or a float in
         ``(0, 1)`` (cumulative energy). Modes beyond the chosen rank are
@@ -230,7 +230,7 @@ def exact_dmd(snapshots, *, rank=None, rcond=None) -> DMD:
       ``jnp.isfinite(dmd.eigenvalues).all()``, ``False`` in this case.
 
     Eigenvalues come from a QR algorithm and eigenvectors from inverse
-    iteration (:mod:`koopax.linalg`): no LAPACK ``geev``, so this runs under
+    iteration (:mod:`koopax._src.linalg`): no LAPACK ``geev``, so this runs under
     ``jit`` on CPU, GPU and TPU.
 
     Examples:

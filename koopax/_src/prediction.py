@@ -1,7 +1,7 @@
 """Multi-step DMD prediction from a window of weight increments (Gram closed form).
 
 koopax predicts in the *increment* formulation **[choice]**. The window (see
-:mod:`koopax.snapshots`) holds the newest snapshot ``w`` and the last ``m``
+:mod:`koopax._src.snapshots`) holds the newest snapshot ``w`` and the last ``m``
 increments ``d_0, ..., d_{m-1}`` (``d_i = w_{i+1} - w_i``, oldest first, so
 ``d_{m-1} = w - w_prev``). For affine dynamics ``w_{i+1} - w* = A (w_i - w*)``
 the increments obey ``d_{i+1} = A d_i`` exactly, so DMD is fitted on the pairs
@@ -128,7 +128,7 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
         first (``m >= 2``).
       horizon: ``tau``, snapshots to predict ahead (static int >= 1).
       num_features: static ``N`` (for the rank policy's noise threshold).
-      rank: DMD rank policy (:func:`koopax.linalg.rank_mask`).
+      rank: DMD rank policy (:func:`koopax.dmd.rank_mask`).
       rcond: Gram noise floor (default by dtype, see :mod:`koopax.dmd`).
       active_horizon: optional traced ``tau <= horizon``.
       num_valid: number of meaningful pairs (default all ``m - 1``).

@@ -33,7 +33,7 @@ change of trajectory, as correcting each of them:
   materialise it at every step);
 * any other ``k``: the base updates are summed in one parameter-sized buffer.
 
-A loss-aware safety valve (:mod:`koopax.loss_tracking`): with
+A loss-aware safety valve (:mod:`koopax._src.loss_tracking`): with
 ``tx.update(..., value=loss)`` each snapshot period's mean loss is compared
 with the previous one; a rise beyond twice the noise halves ``alpha`` (counted
 in ``valve.num_backoffs``), calm periods restore it by 1.25x up to ``alpha``.
@@ -158,7 +158,7 @@ def kga(
         ``None``) the newest increment at each snapshot (the state holds
         ``h + 1`` parameter-sized buffers; a step between snapshots reads one).
       epsilon: half-width of the neutral band ``1 - eps <= |lambda| <= 1 + eps``.
-      rank: DMD rank policy (:func:`koopax.linalg.rank_mask`): ``'svht'``
+      rank: DMD rank policy (:func:`koopax.dmd.rank_mask`): ``'svht'``
         (Gavish–Donoho: the one or two dominant slow modes; see the module
         docstring for why), ``None`` every mode above the window's noise, an
         int, or an energy fraction in (0, 1).

@@ -124,7 +124,7 @@ def pdt(
       start: first epoch (0-based) that may end in a jump (paper ``T_0 = 5``);
         the window must also be full, i.e. epoch ``>= h - 1``.
       interval: epochs between jumps (``T_i``).
-      rank: DMD rank policy (:func:`koopax.linalg.rank_mask`): ``None`` (every
+      rank: DMD rank policy (:func:`koopax.dmd.rank_mask`): ``None`` (every
         singular value above the isotropic-noise cluster of the window),
         ``'svht'`` (Gavish–Donoho), an int (<= ``h - 2``), or a float in
         (0, 1) (energy).
