@@ -1,4 +1,6 @@
-"""The whole benchmark suite in one command: ``python -m benchmarks``.
+"""The benchmarks' command: ``python -m benchmarks NAME [options]`` runs one
+(:mod:`benchmarks.cli`; ``--list`` names them), ``python -m benchmarks [options]``
+the whole suite.
 
 Runs, in order, :mod:`benchmarks.memory` (state bytes, peak RSS),
 :mod:`benchmarks.overhead` (step-time ratios and their scaling),
@@ -22,6 +24,8 @@ when one is installed and visible.
 
 Usage::
 
+    python -m benchmarks NAME [options]      # one benchmark, e.g. memory --quick
+    python -m benchmarks --list
     python -m benchmarks [--only memory,overhead,pdt_jump,peer_pdt,depth,kga_defaults,
                                  convergence,reproduction] [--quick] [--rerun]
 """
@@ -35,7 +39,7 @@ import sys
 if __package__ in (None, ""):  # pragma: no cover - `python benchmarks/__main__.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import (convergence, default_output_dir, depth, goals,  # noqa: E402
+from benchmarks import (cli, convergence, default_output_dir, depth, goals,  # noqa: E402
                         kga_defaults, memory, overhead, pdt_jump, peer_pdt, reproduction)
 
 PARTS = ("memory", "overhead", "pdt_jump", "peer_pdt", "depth", "kga_defaults", "convergence",
@@ -43,7 +47,9 @@ PARTS = ("memory", "overhead", "pdt_jump", "peer_pdt", "depth", "kga_defaults", 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0],
+                                epilog="One benchmark: python -m benchmarks NAME [options] "
+                                       "(python -m benchmarks --list).")
     p.add_argument("--only", type=convergence._comma_list(PARTS), default=list(PARTS),
                    help=f"comma list of parts ({', '.join(PARTS)})")
     p.add_argument("--output-dir", help="default benchmarks/results (runs/benchmarks_quick "
@@ -55,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and (argv[0] in cli.NAMES or argv[0] in ("--list", "-l")):
+        cli.command(argv)
+        return
     args = build_parser().parse_args(argv)
     args.output_dir = args.output_dir or default_output_dir(args.quick)
     out = args.output_dir
@@ -67,11 +77,10 @@ def main(argv=None) -> None:
         elif part == "overhead":
             overhead.main(["--output-dir", out] + common)
         elif part == "pdt_jump":
-            pdt_jump.main(["--output-dir", out]
-                          + (["--params", "100000", "--repeats", "3"] if args.quick else []))
+            pdt_jump.main(["--output-dir", out] + (["--quick"] if args.quick else []))
         elif part == "peer_pdt":
             peer_pdt.main(["--output-dir", os.path.join(out, "peer_pdt")]
-                          + (["--seeds", "1", "--lrs", "0.5"] if args.quick else ["--tune"]))
+                          + (["--quick"] if args.quick else ["--tune"]))
         elif part == "depth":
             depth.main(["--output-dir", os.path.join(out, "depth")] + rerun
                        + (["--quick", "--seeds", "1"] if args.quick else []))
@@ -87,7 +96,8 @@ def main(argv=None) -> None:
             smoke = ["--seeds", "1", "--tasks", "digits_mlp,images_fcn", "--bases", "sgd"]
             convergence.main(["--output-dir", os.path.join(out, "convergence")] + rerun
                              + common + (smoke if args.quick else ["--tune"]))
-    print(f"\n##### goals\n{goals.main(['--results-dir', out])}")
+    print("\n##### goals", flush=True)
+    goals.main(["--results-dir", out])   # prints goals.md
 
 
 if __name__ == "__main__":

@@ -20,12 +20,7 @@ the overhead benchmark.
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
-import json
 import math
-import os
-import platform
 import time
 from typing import Any, Callable
 
@@ -34,8 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import koopax
-from examples.methods import make_base_optimizer, read_diagnostics
+from examples import methods as registry
 from examples.train import Runner, Task, model_task
 
 #: The ~1.07M-parameter MLP (784-1024-256-10) of the step-time figures.
@@ -172,19 +166,34 @@ def split_flax_model(model_name, image_shape=(32, 32, 3), seed=0, abstract=False
 
 
 # ----------------------------------------------------------------------------- optimizers
+# Every method is the registry's (examples.methods), on the step clock: a snapshot every
+# ``steps`` steps (one per timed block), the run's length unknown to it.
+def method(name: str, options: dict, steps: int):
+    """The registry's koopax method ``name`` with ``options``, a snapshot every ``steps``
+    steps (``clock='steps'`` where the method has a clock)."""
+    entry = registry.method(name)
+    options = dict(options)
+    if "clock" in entry.options():
+        options.setdefault("clock", "steps")
+    return entry.build(options, steps)
+
+
 def base_optimizer(name: str, learning_rate: float | None = None):
     """``optax.adam`` or ``optax.sgd`` (default learning rate from :data:`BASE_LEARNING_RATES`)."""
     if name not in BASE_LEARNING_RATES:
         raise ValueError(f"base must be one of {sorted(BASE_LEARNING_RATES)}; got {name!r}.")
     lr = BASE_LEARNING_RATES[name] if learning_rate is None else learning_rate
-    return make_base_optimizer(name, lr)
+    return registry.make_base_optimizer(name, lr)
 
 
-def with_method(base, method=None):
-    """``base`` alone (accepting ``value=``) or ``optax.chain(base, method)``."""
-    if method is None:
-        return optax.with_extra_args_support(base)
-    return optax.chain(base, method)
+def optimizer(base: str, learning_rate: float | None, name: str, options: dict | None,
+              steps: int):
+    """:func:`base_optimizer` alone (``name='base'``, accepting ``value=``) or
+    ``optax.chain(base, method(name, options, steps))``."""
+    tx = base_optimizer(base, learning_rate)
+    if name == "base":
+        return registry.build_optimizer("base", tx, None, steps)
+    return optax.chain(tx, method(name, options or {}, steps))
 
 
 # ----------------------------------------------------------------------------- running
@@ -253,10 +262,10 @@ DIAGNOSTIC_FIELDS = ("num_refreshes", "num_stable", "num_nonfinite", "compact",
 
 def diagnostics(state) -> dict:
     """Scalar diagnostics of a koopax state: the fields of :data:`DIAGNOSTIC_FIELDS` it
-    has, found by name anywhere in it (:func:`examples.methods.read_diagnostics`)."""
+    has (:func:`examples.methods.read_diagnostics`)."""
     if state is None:
         return {}
-    found = read_diagnostics(state, {field: (field,) for field in DIAGNOSTIC_FIELDS})
+    found = registry.read_diagnostics(state, {field: field for field in DIAGNOSTIC_FIELDS})
     return {k: v for k, v in found.items() if not isinstance(v, list)}
 
 
@@ -271,104 +280,3 @@ def abs_quantile(params, q: float) -> float:
     """The ``q``-quantile of ``|w|`` over all leaves of ``params``."""
     values = np.concatenate([np.abs(np.ravel(np.asarray(x))) for x in jax.tree.leaves(params)])
     return float(np.quantile(values, q))
-
-
-# ----------------------------------------------------------------------------- CLI / output
-def parse_list(text: str, arg: str, convert=str, choices=None) -> list:
-    """A comma list of values; ``ValueError`` naming ``arg`` for a bad or unknown entry."""
-    items = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not items:
-        raise ValueError(f"{arg}: expected a comma-separated list; got {text!r}.")
-    values = []
-    for item in items:
-        try:
-            value = convert(item)
-        except (TypeError, ValueError):
-            raise ValueError(f"{arg}: cannot read {item!r}.") from None
-        if choices is not None and value not in choices:
-            raise ValueError(f"{arg}: unknown value {item!r}; choose from {', '.join(choices)}.")
-        values.append(value)
-    return values
-
-
-def apply_defaults(args, defaults: dict, quick: dict) -> None:
-    """Fills the options left at ``None`` from ``quick`` (when ``args.quick``) or ``defaults``."""
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, quick.get(key, value) if args.quick else value)
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def environment() -> dict:
-    """Versions, platform and CPU count of this run."""
-    device = jax.devices()[0]
-    try:
-        cpus_available = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus_available = None
-    return {
-        "jax": jax.__version__, "jaxlib": _version("jaxlib"), "optax": optax.__version__,
-        "flax": _version("flax"), "koopax": koopax.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "platform": device.platform,
-        "device_kind": device.device_kind, "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(), "cpus_available": cpus_available,
-        "machine": platform.machine(), "system": platform.system(),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def jsonable(obj):
-    """``obj`` with numpy/JAX values turned into Python ones and non-finite floats into None."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        return jsonable(np.asarray(obj).tolist())
-    if isinstance(obj, np.generic):
-        return jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path: str, data: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(jsonable(data), f, indent=2)
-        f.write("\n")
-
-
-def format_table(headers, rows) -> str:
-    """A plain-text table; floats with 3 significant decimals, None as '-'."""
-    def cell(v):
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.3f}" if abs(v) < 1e4 else f"{v:.3g}"
-        return str(v)
-
-    cells = [[cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(headers, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
-
-
-def pyplot():
-    """``matplotlib.pyplot`` on the Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

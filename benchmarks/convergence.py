@@ -77,7 +77,7 @@ if __package__ in (None, ""):  # `python benchmarks/convergence.py`
 from benchmarks import default_output_dir  # noqa: E402
 from examples import report, tune  # noqa: E402
 from examples.methods import SCHEDULE_FREE  # noqa: E402
-from examples.compare import positive_float, positive_int  # noqa: E402
+from examples.cli import positive_float, positive_int  # noqa: E402
 from examples.train import Config, base_lr_name, train_and_evaluate  # noqa: E402
 
 METHODS = ("kga", "kga_efficient", "kga_kwm", "pdt", "tano", "dogra")
@@ -474,12 +474,9 @@ def tuned_markdown(rows, totals, sweeps, default_rows, schedule) -> str:
 def save_plot(rows: list[dict[str, Any]], path: str,
               title: str = "wall time to the base's best train loss / base's") -> str:
     """Heat map of the time ratio (method x task/base); blank = target not reached."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
+    plt = report.pyplot()
     runs = list(dict.fromkeys(f"{r['task']}\n{r['base']}" for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     grid = np.full((len(methods), len(runs)), np.nan)
@@ -496,19 +493,14 @@ def save_plot(rows: list[dict[str, Any]], path: str,
     ax.set_yticks(range(len(methods)), methods)
     ax.set_title(f"{title} (n.r. = not reached)")
     fig.colorbar(im, ax=ax, label="log2 ratio")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return report.save_figure(fig, path, dpi=120)
 
 
 # ------------------------------------------------------------------------------ main
 def _write(args, stem, data, markdown):
     suffix = "" if args.schedule == "constant" else f"_{args.schedule}"
-    with open(os.path.join(args.output_dir, f"{stem}{suffix}.json"), "w") as f:
-        json.dump(report.sanitize(data), f, indent=1, allow_nan=False)
-    with open(os.path.join(args.output_dir, f"{stem}{suffix}.md"), "w") as f:
-        f.write(markdown if markdown.endswith("\n") else markdown + "\n")
+    report.write_json(os.path.join(args.output_dir, f"{stem}{suffix}.json"), data)
+    report.write_text(os.path.join(args.output_dir, f"{stem}{suffix}.md"), markdown)
     return os.path.join(args.output_dir, f"{stem}{suffix}.png")
 
 

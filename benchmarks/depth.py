@@ -2,12 +2,13 @@
 
 Runs the harness on MNIST-1D with SGD (lr 0.5, 30 epochs, 5 seeds) for MLPs of
 2, 4 and 6 hidden layers of 128 units, with ``pdt`` (masked prediction with
-rollback, its defaults), ``pdt_layer`` (the same with one DMD per layer), ``dogra`` (unmasked per-layer prediction) and ``tano``
+rollback, its defaults), ``pdt_layer`` (the same with one DMD per layer),
+``dogra`` (unmasked per-layer prediction) and ``tano``
 (unmasked prediction with the bootstrap fallback), and plots the median
 training loss per epoch of every method at every depth (one panel per depth;
 non-finite losses are drawn at the top of the axis and marked).
 
-Usage: ``python -m benchmarks.depth [--depths 2,4,6] [--seeds 5] [--quick]``.
+Usage: ``python -m benchmarks depth [--depths 2,4,6] [--seeds 5] [--quick]``.
 Writes ``<output-dir>/depth_<L>/`` (the harness's results) and
 ``<output-dir>/pdt_depth.png`` plus ``pdt_depth.json`` (median curves and
 per-method summaries); default output dir ``benchmarks/results/depth``.
@@ -15,45 +16,17 @@ per-method summaries); default output dir ``benchmarks/results/depth``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 
-if __package__ in (None, ""):  # `python benchmarks/depth.py`
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks import default_output_dir  # noqa: E402
-from examples import report  # noqa: E402
-from examples.compare import positive_int  # noqa: E402
-from examples.train import Config, train_and_evaluate  # noqa: E402
+from benchmarks import cli
+from examples import report
+from examples.train import Config, train_and_evaluate
 
 METHODS = ("pdt", "pdt_layer", "dogra", "tano")
 WIDTH = 128
-
-
-def _depths(text):
-    try:
-        depths = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of ints, got {text!r}") from None
-    if not depths or any(d < 1 for d in depths):
-        raise argparse.ArgumentTypeError(f"expected depths >= 1, got {text!r}")
-    return depths
-
-
-def build_parser():
-    p = argparse.ArgumentParser(prog="python -m benchmarks.depth",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--depths", type=_depths, default=[2, 4, 6])
-    p.add_argument("--seeds", type=positive_int, default=5)
-    p.add_argument("--output-dir", help="default benchmarks/results/depth "
-                                         "(under runs/benchmarks_quick with --quick)")
-    p.add_argument("--rerun", action="store_true")
-    p.add_argument("--quick", action="store_true")
-    return p
 
 
 def median_curve(runs):
@@ -62,15 +35,7 @@ def median_curve(runs):
     return np.median(curves, axis=0)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The command line, with ``--output-dir`` defaulted (see :func:`benchmarks.default_output_dir`)."""
-    args = build_parser().parse_args(argv)
-    args.output_dir = args.output_dir or default_output_dir(args.quick, "depth")
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
     out = {}
     for depth in args.depths:
         run_dir = os.path.join(args.output_dir, f"depth_{depth}")
@@ -87,9 +52,7 @@ def main(argv=None):
                          ("reached", "num_seeds", "epochs_ratio", "time_ratio",
                           "final_train_loss", "final_test_acc_mean", "rollbacks",
                           "accepted_ratio")} for n in res["names"]})
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "pdt_depth.json"), "w") as f:
-        json.dump(report.sanitize(out), f, indent=1, allow_nan=False)
+    report.write_json(os.path.join(args.output_dir, "pdt_depth.json"), out)
     plot = save_plot(out, os.path.join(args.output_dir, "pdt_depth.png"))
     for depth, d in out.items():
         print(f"\n{depth} hidden layers x {WIDTH}:")
@@ -104,12 +67,7 @@ def main(argv=None):
 
 
 def save_plot(out, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(out), figsize=(4.2 * len(out), 3.6), squeeze=False)
+    fig, axes = report.pyplot().subplots(1, len(out), figsize=(4.2 * len(out), 3.6), squeeze=False)
     for ax, (depth, d) in zip(axes[0], out.items()):
         finite = [v for c in d["curves"].values() for v in c if np.isfinite(v)]
         top = 10 * max(finite) if finite else 10.0
@@ -127,10 +85,24 @@ def save_plot(out, path):
         ax.set_xlabel("epoch")
         ax.set_ylabel("median train loss (x: diverged / NaN)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return report.save_figure(fig, path, dpi=120)
+
+
+BENCHMARK = cli.Benchmark(
+    "depth", run, description=__doc__.splitlines()[0], epilog=__doc__, output="depth",
+    flags=("quick", "rerun"), options=(
+        cli.Option("--depths", [2, 4, 6], "hidden layers of the MLPs", type=cli.positive_int,
+                   list=True),
+        cli.Option("--seeds", 5, "seeds", type=cli.positive_int),
+    ))
+
+
+def parse_args(argv=None):
+    return cli.parse_args(BENCHMARK, argv)
+
+
+def main(argv=None):
+    return cli.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

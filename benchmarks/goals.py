@@ -6,16 +6,17 @@ and :mod:`benchmarks.overhead`) and ``convergence/convergence.json`` under
 measured figure, the goal and met / not met. Missing files are reported as
 "not measured". Nothing is run.
 
-Usage: ``python -m benchmarks.goals [--results-dir benchmarks/results]``.
+Usage: ``python -m benchmarks goals [--results-dir benchmarks/results]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-from typing import Any
+
+from benchmarks import RESULTS_DIR, cli
+from examples import report as _report
 
 TIME_GOAL, ACC_GOAL = 0.70, 0.5
 STEP_GOAL, REFRESH_GOAL, MASK_GOAL = 1.05, 3.0, 3.0
@@ -125,18 +126,29 @@ def report(results_dir: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> str:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.goals",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--results-dir", default=os.path.join("benchmarks", "results"))
-    args = p.parse_args(argv)
-    if not os.path.isdir(args.results_dir):
-        p.error(f"--results-dir: {args.results_dir!r} is not a directory")
+def run(args) -> str:
     text = report(args.results_dir)
-    with open(os.path.join(args.results_dir, "goals.md"), "w") as f:
-        f.write(text)
+    _report.write_text(os.path.join(args.results_dir, "goals.md"), text)
+    print(text)
     return text
 
 
+def _check(args):
+    if not os.path.isdir(args.results_dir):
+        return f"--results-dir: {args.results_dir!r} is not a directory"
+    return None
+
+
+BENCHMARK = cli.Benchmark(
+    "goals", run, description=__doc__.splitlines()[0], epilog=__doc__, output=None, flags=(),
+    check=_check, options=(
+        cli.Option("--results-dir", RESULTS_DIR, "the suite's results"),
+    ))
+
+
+def main(argv=None) -> str:
+    return cli.main(BENCHMARK, argv)
+
+
 if __name__ == "__main__":
-    print(main())
+    main()

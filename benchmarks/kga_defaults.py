@@ -65,23 +65,17 @@ def _value(text):
     return {"None": None, "true": True, "false": False}.get(text, text)
 
 
-def register_grid(grid: dict[str, dict], steps_per_epoch: int) -> tuple[str, ...]:
-    """Registers each configuration as a method ``kga_<name>`` (KGA over the harness defaults)."""
+def register_grid(grid: dict[str, dict]) -> tuple[str, ...]:
+    """Registers each configuration as a method ``kga_<name>`` (KGA over the harness
+    defaults; a value ``'epoch'`` is the run's steps per epoch, :data:`examples.methods.EPOCH`)."""
     base = registry.METHODS["kga"]
     names = []
     for name, opts in grid.items():
-        opts = {k: (steps_per_epoch if v == "epoch" else v) for k, v in opts.items()}
         method = registry.Method(f"kga_{name}", f"KGA {opts}", base.constructor,
                                  {**base.defaults, **opts})
         registry.register_method(method)
         names.append(method.name)
     return tuple(names)
-
-
-def _steps_per_epoch(config: Config) -> int:
-    probe = train_and_evaluate(config.replace(methods=(), epochs=1, seeds=1, plots=False,
-                                              progress=False))
-    return int(probe["steps_per_epoch"])
 
 
 def run_task(task: str, base: str, grid, seeds: int, out: str, quick: bool) -> dict:
@@ -91,7 +85,7 @@ def run_task(task: str, base: str, grid, seeds: int, out: str, quick: bool) -> d
     spec.pop("epochs", None)
     config = Config(optimizer=base, learning_rate=lr, epochs=epochs, seeds=seeds,
                     plots=False, progress=False, tune_lr=not quick, **spec)
-    names = register_grid(grid, _steps_per_epoch(config))
+    names = register_grid(grid)
     results = train_and_evaluate(config.replace(methods=names), None)
     rows = {}
     for name in names:

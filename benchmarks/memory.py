@@ -23,33 +23,29 @@ Writes ``memory.json`` (every number, plus the environment) and ``memory.png`` t
 
 Usage (from the repository root)::
 
-  python -m benchmarks.memory [--sections state,peak] [--quick] [--no-plots]
+  python -m benchmarks memory [--sections state,peak] [--quick] [--no-plots]
 
-(``python benchmarks/memory.py`` works too.)
+(``python -m benchmarks.memory`` is the same command.)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
 import subprocess
 import sys
 import time
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import cli, common
+from examples import report
+from koopax._src import tree_math
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, REPO_ROOT)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
-
-import koopax  # noqa: E402
-from koopax._src import tree_math  # noqa: E402
-from benchmarks import common, default_output_dir  # noqa: E402
 
 SECTIONS = ("state", "peak")
 #: Marks the result line a child process prints.
@@ -59,70 +55,59 @@ PREDICTION_H, BASELINE_H = 6, 5
 
 
 class Variant(NamedTuple):
-    """A koopax method: ``make(params, snapshot_every)`` -> transformation, and its goal."""
+    """A row: a registry method (:mod:`examples.methods`) and its options, and its goal.
+
+    ``method`` ``None`` is adam alone; ``norm_quantile``: the norm mask's threshold is
+    that quantile of ``|w|`` (0 for abstract parameters: the state's shapes do not
+    depend on it). Every KGA variant runs with alpha 1; a snapshot every epoch.
+    """
 
     label: str
-    make: Callable | None
+    method: str | None
+    options: dict
     goal: float | None
     goal_rule: str
-
-
-def _kga(factory=None, **kw):
-    factory = factory or koopax.kga
-    return lambda params, every: factory(1.0, snapshot_every=every, **kw)
-
-
-def _norm(capacity):
-    # theta: the (1 - capacity)-quantile of |w| (about 1 - capacity of the weights masked);
-    # abstract parameters (state sizes) get 0: the state's shapes do not depend on it.
-    def make(params, every):
-        concrete = all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
-        theta = common.abs_quantile(params, 1.0 - capacity) if concrete else 0.0
-        mask = koopax.masks.norm(theta, capacity=capacity)
-        return koopax.masked_kga(mask, 1.0, snapshot_every=every)
-    return make
-
-
-def _kwm(capacity):
-    mask = koopax.masks.kwm(1e-4, window=3, capacity=capacity)
-    return lambda params, every: koopax.masked_kga(mask, 1.0, snapshot_every=every)
+    norm_quantile: float | None = None
 
 
 def _variants() -> dict[str, Variant]:
     full = "(h+2)x, full snapshots"
-    v = {"adam": Variant("adam alone (reference)", None, None, "")}
+    kga = dict(alpha=1.0)
+    v = {"adam": Variant("adam alone (reference)", None, {}, None, "")}
     for h in (4, 6, 8):
-        v[f"kga_h{h}"] = Variant(f"kga h={h} f32", _kga(num_snapshots=h), h + 2, full)
-    v["kga_h6_bf16"] = Variant("kga h=6 bf16", _kga(snapshot_dtype=jnp.bfloat16), 8 / 2,
-                               "(h+2)/2 x, bf16 snapshots")
-    v["kga_efficient"] = Variant("kga efficient (r=h-2=4)", _kga(koopax.efficient_kga), 4 + 2,
+        v[f"kga_h{h}"] = Variant(f"kga h={h} f32", "kga", dict(kga, num_snapshots=h), h + 2,
+                                 full)
+    v["kga_h6_bf16"] = Variant("kga h=6 bf16", "kga", dict(kga, snapshot_dtype=jnp.bfloat16),
+                               8 / 2, "(h+2)/2 x, bf16 snapshots")
+    v["kga_efficient"] = Variant("kga efficient (r=h-2=4)", "kga_efficient", kga, 4 + 2,
                                  "(r+2)x, efficient")
-    v["kga_efficient_r2"] = Variant("kga efficient r=2", _kga(koopax.efficient_kga, rank=2), 2 + 2,
-                                    "(r+2)x, efficient")
+    v["kga_efficient_r2"] = Variant("kga efficient r=2", "kga_efficient", dict(kga, rank=2),
+                                    2 + 2, "(r+2)x, efficient")
     for c in (0.5, 0.1):
-        v[f"kga_kwm_c{c}"] = Variant(f"kga h=6 + kwm capacity {c}", _kwm(c), 8, full)
-        v[f"kga_norm_c{c}"] = Variant(f"kga h=6 + norm capacity {c}", _norm(c), 8, full)
-    v["pdt"] = Variant(f"pdt (h={PREDICTION_H})",
-                       lambda params, every: koopax.pdt(snapshot_every=every),
-                       PREDICTION_H + 2, full)
+        v[f"kga_kwm_c{c}"] = Variant(
+            f"kga h=6 + kwm capacity {c}", "kga_kwm",
+            dict(kga, kwm_epsilon=1e-4, kwm_window=3, kwm_relative=False, kwm_capacity=c), 8,
+            full)
+        v[f"kga_norm_c{c}"] = Variant(f"kga h=6 + norm capacity {c}", "kga_norm",
+                                      dict(kga, norm_capacity=c), 8, full, 1.0 - c)
+    v["pdt"] = Variant(f"pdt (h={PREDICTION_H})", "pdt", {}, PREDICTION_H + 2, full)
     for mode in ("dogra", "tano"):
-        v[mode] = Variant(f"{mode} (h={BASELINE_H})",
-                          lambda params, every, mode=mode: koopax.dmd_prediction(
-                              snapshot_every=every, mode=mode),
-                          BASELINE_H + 2, full)
+        v[mode] = Variant(f"{mode} (h={BASELINE_H})", mode, {}, BASELINE_H + 2, full)
     return v
 
 
 VARIANTS = _variants()
-DEFAULTS = dict(peak_methods=",".join(VARIANTS), steps=10, epochs=9, batch=128)
-QUICK = dict(peak_methods="adam,kga_h6", steps=1, epochs=7, batch=16)
 
 
 def make_tx(key: str, params, snapshot_every: int):
     """``adam`` alone or ``chain(adam, variant)`` (accepting ``value=``)."""
     variant = VARIANTS[key]
-    method = None if variant.make is None else variant.make(params, snapshot_every)
-    return common.with_method(optax.adam(1e-3), method)
+    options = dict(variant.options)
+    if variant.norm_quantile is not None:
+        concrete = all(isinstance(x, jax.Array) for x in jax.tree.leaves(params))
+        options["norm_threshold"] = (common.abs_quantile(params, variant.norm_quantile)
+                                     if concrete else 0.0)
+    return common.optimizer("adam", 1e-3, variant.method or "base", options, snapshot_every)
 
 
 # ----------------------------------------------------------------------------- state bytes
@@ -131,7 +116,7 @@ def state_row(key: str, params, snapshot_every: int = 10) -> dict:
     variant = VARIANTS[key]
     pbytes = common.tree_bytes(params)
     shapes = jax.eval_shape(make_tx(key, params, snapshot_every).init, params)
-    if variant.make is None:
+    if variant.method is None:
         base_bytes, koopax_bytes = common.tree_bytes(shapes), 0
     else:
         base_bytes, koopax_bytes = common.tree_bytes(shapes[0]), common.tree_bytes(shapes[1])
@@ -154,7 +139,7 @@ def section_state() -> dict:
         rows = [state_row(key, params) for key in VARIANTS]
         print(f"\n[state] {name}: {n:,} parameters ({rows[0]['param_bytes'] / 2**20:.2f} MiB); "
               "state bytes / parameter bytes", flush=True)
-        print(common.format_table(
+        print(report.text_table(
             ["method", "adam part", "koopax part", "goal", "met"],
             [[r["label"], r["base_ratio"], r["koopax_ratio"],
               None if r["goal"] is None else f"<= {r['goal']:g} ({r['goal_rule']})",
@@ -221,7 +206,7 @@ def _child_env() -> dict:
 
 
 def run_child(key: str, args) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.memory", "--child", key, "--steps", str(args.steps),
+    cmd = [sys.executable, "-m", "benchmarks", "memory", "--child", key, "--steps", str(args.steps),
            "--epochs", str(args.epochs), "--batch", str(args.batch)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=_child_env(), capture_output=True, text=True,
                           timeout=600)
@@ -248,7 +233,7 @@ def section_peak(args) -> dict:
     runs = {key: run_child(key, args) for key in args.peak_methods}
     base = runs.get("adam")
     rows = [_peak_row(key, r, base) for key, r in runs.items()]
-    print(common.format_table(
+    print(report.text_table(
         ["method", "peak MiB", "x adam", "extra MiB", "XLA block MiB", "koopax state MiB",
          "MiB after import", "ru_maxrss MiB"],
         [[r["label"], r["peak_mib"], r["ratio"], r["extra_mib"], r["xla_peak_mib"],
@@ -262,18 +247,15 @@ def section_peak(args) -> dict:
 
 # ----------------------------------------------------------------------------- plot
 def plot(out, path):
-    plt = common.pyplot()
     panels = [k for k in ("state", "peak") if k in out]
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 6), squeeze=False)
+    fig, axes = report.pyplot().subplots(1, len(panels), figsize=(7 * len(panels), 6),
+                                         squeeze=False)
     for ax, panel in zip(axes[0], panels):
         if panel == "state":
             _plot_state(ax, out["state"])
         else:
             _plot_peak(ax, out["peak"])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    print(f"wrote {report.save_figure(fig, path)}")
 
 
 def _plot_state(ax, state):
@@ -306,50 +288,12 @@ def _plot_peak(ax, peak):
 
 
 # ----------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m benchmarks.memory", description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help=f"comma list of {', '.join(SECTIONS)} (default both)")
-    ap.add_argument("--peak-methods",
-                    help=f"peak section: comma list of {', '.join(VARIANTS)} (default all)")
-    ap.add_argument("--steps", type=int, help="steps per epoch = snapshot_every (10)")
-    ap.add_argument("--epochs", type=int, help="epochs of the peak-memory run (9)")
-    ap.add_argument("--batch", type=int, help="batch size of the peak-memory run (128)")
-    ap.add_argument("--output-dir", help="default benchmarks/results (runs/benchmarks_quick "
-                                          "with --quick)")
-    ap.add_argument("--no-plots", action="store_true", help="do not write memory.png")
-    ap.add_argument("--quick", action="store_true", help="smoke run: few steps, adam and kga")
-    ap.add_argument("--child", metavar="METHOD", choices=sorted(VARIANTS),
-                    help="internal: run one peak-memory measurement and print it")
-    return ap
-
-
-def parse_args(argv=None):
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    args.output_dir = args.output_dir or default_output_dir(args.quick)
-    common.apply_defaults(args, DEFAULTS, QUICK)
-    try:
-        args.sections = common.parse_list(args.sections, "--sections", choices=SECTIONS)
-        args.peak_methods = common.parse_list(args.peak_methods, "--peak-methods",
-                                              choices=tuple(VARIANTS))
-    except ValueError as e:
-        ap.error(str(e))
-    for name in ("steps", "epochs", "batch"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be >= 1; got {getattr(args, name)}.")
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
+def run(args):
     if args.child:
         result = child_main(args.child, args.steps, args.epochs, args.batch)
-        print(CHILD_MARK + json.dumps(common.jsonable(result)), flush=True)
+        print(CHILD_MARK + json.dumps(report.sanitize(result)), flush=True)
         return result
-    env = common.environment()
+    env = report.environment()
     print(f"koopax memory benchmark: jax {env['jax']} on {env['platform']} "
           f"({env['cpu_count']} CPUs), sections {args.sections}"
           + (" [quick]" if args.quick else ""), flush=True)
@@ -359,11 +303,38 @@ def main(argv=None):
     if "peak" in args.sections:
         out["peak"] = section_peak(args)
     path = os.path.join(args.output_dir, "memory.json")
-    common.write_json(path, {"environment": env, "config": vars(args), "sections": out})
+    report.write_json(path, {"environment": env, "config": vars(args), "sections": out},
+                      indent=2)
     print(f"\nwrote {path}")
     if not args.no_plots:
         plot(out, os.path.join(args.output_dir, "memory.png"))
     return out
+
+
+Option = cli.Option
+BENCHMARK = cli.Benchmark(
+    "memory", run, description=__doc__.splitlines()[0], epilog=__doc__, flags=("quick", "plots"),
+    options=(
+        Option("--sections", list(SECTIONS), "sections", list=True, choices=SECTIONS),
+        Option("--peak-methods", list(VARIANTS), "peak section: methods", list=True,
+               choices=tuple(VARIANTS), quick=["adam", "kga_h6"]),
+        Option("--steps", 10, "steps per epoch = snapshot_every", type=cli.positive_int,
+               quick=1),
+        Option("--epochs", 9, "epochs of the peak-memory run", type=cli.positive_int,
+               quick=7),
+        Option("--batch", 128, "batch size of the peak-memory run", type=cli.positive_int,
+               quick=16),
+        Option("--child", None, "internal: run one peak-memory measurement and print it",
+               choices=tuple(VARIANTS), metavar="METHOD"),
+    ))
+
+
+def parse_args(argv=None):
+    return cli.parse_args(BENCHMARK, argv)
+
+
+def main(argv=None):
+    return cli.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

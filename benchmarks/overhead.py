@@ -33,37 +33,48 @@ section is a 64-64-10 MLP with kga only: ``--quick --models fcn`` smoke-tests a 
 
 Usage (from the repository root)::
 
-  python -m benchmarks.overhead [--sections models,params] [--quick] [--no-plots]
+  python -m benchmarks overhead [--sections models,params] [--quick] [--no-plots]
 
-(``python benchmarks/overhead.py`` works too.) The full default run takes long on a
-2-core CPU (tiny ResNet steps, 3e7 parameters); select sections or models.
+(``python -m benchmarks.overhead`` is the same command.) The full default run takes long
+on a 2-core CPU (tiny ResNet steps, 3e7 parameters); select sections or models.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 
-if __package__ in (None, ""):  # run as a file: make the repository root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import koopax  # noqa: E402
-from benchmarks import common, default_output_dir  # noqa: E402
-from koopax._src import snapshots, tree_math  # noqa: E402
-from koopax._src.kga.operator import acceleration_operator  # noqa: E402
+from benchmarks import cli, common
+from examples import report
+from koopax._src import snapshots, tree_math
+from koopax._src.kga.operator import acceleration_operator
 
 SECTIONS = ("models", "params", "snapshots", "masks")
 MODELS = ("mlp", "fcn", "alexnet", "resnet50")
-METHODS = ("kga", "kga_each", "kga_sum10", "kga_increment", "kga_bf16", "kga_efficient",
-           "kga_efficient_r2_bf16", "kga_kwm", "kga_norm", "kga_delta", "pdt",
-           "dogra", "tano")
+#: The methods of the models section: a registry method (:mod:`examples.methods`) and its
+#: options. Every KGA variant runs with alpha 1 and the window ``--num-snapshots``; PDT,
+#: dogra and tano with their own defaults; a snapshot every block (``'epoch'``).
+METHODS = {
+    "kga": ("kga", {}),                                  # the library's apply_every
+    "kga_each": ("kga", {"apply_every": 1}),             # every update corrected (the paper)
+    "kga_sum10": ("kga", {"apply_every": 10}),           # the sum of 10 updates
+    "kga_increment": ("kga", {"apply_every": "epoch"}),  # the newest increment, per snapshot
+    "kga_bf16": ("kga", {"snapshot_dtype": jnp.bfloat16}),
+    "kga_efficient": ("kga_efficient", {}),
+    "kga_efficient_r2_bf16": ("kga_efficient", {"rank": 2, "snapshot_dtype": jnp.bfloat16}),
+    # The harness's KWM (relative threshold 0.03, window 3, capacity 0.5).
+    "kga_kwm": ("kga_kwm", {}),
+    "kga_norm": ("kga_norm", {}),
+    "kga_delta": ("kga_delta", {}),
+    "pdt": ("pdt", {}),
+    "dogra": ("dogra", {}),
+    "tano": ("tano", {}),
+}
 #: The masked methods of the models section whose thresholds are calibrated on the task.
 CALIBRATED = ("kga_norm", "kga_delta")
 #: Every mask of the models section gets KWM's capacity (the harness's 0.5): the three
@@ -81,68 +92,48 @@ GOAL_RATIO = 1.05
 #: Issue 5's goal for the masks: koopax overhead divided by this at 90 % masked.
 MASK_GOAL_REDUCTION = 3.0
 
-DEFAULTS = dict(models="mlp,fcn,alexnet,resnet50", methods=",".join(METHODS), steps=20,
-                batch=32, repeats=5, max_params=3e7, section_params=1e6,
-                snapshot_counts="4,8,16,32", quantiles="0,0.5,0.75,0.9,0.95")
-QUICK = dict(models="mlp", methods="kga", steps=3, batch=8, repeats=2, max_params=1e6,
-             section_params=1e6, snapshot_counts="4,8", quantiles="0.9")
 QUICK_MLP_SIZES = (64, 64, 10)
 
 
 # ----------------------------------------------------------------------------- methods
-def make_method(name: str, steps: int, num_snapshots: int, thresholds: dict | None = None):
-    """The koopax transformation ``name`` of the models section (snapshot every block).
+def method_options(name: str, num_snapshots: int, thresholds: dict | None = None) -> dict:
+    """The registry options of the models section's method ``name`` (:data:`METHODS`).
 
     ``thresholds`` (``{"norm": theta, "delta": theta}``, :func:`mask_thresholds`) are
-    required by ``kga_norm`` and ``kga_delta``.
+    required by ``kga_norm`` and ``kga_delta``; every mask gets :data:`MASK_CAPACITY`.
     """
-    kga_kw = dict(num_snapshots=num_snapshots, snapshot_every=steps)
+    method, options = METHODS[name]
+    if method.startswith("kga"):
+        options = dict(options, alpha=1.0, num_snapshots=num_snapshots)
     if name in CALIBRATED:
         key = name.removeprefix("kga_")
         if not thresholds or thresholds.get(key) is None:
             raise ValueError(f"{name} needs thresholds[{key!r}] (see mask_thresholds).")
-    if name == "kga":            # the library's defaults for apply_every
-        return koopax.kga(1.0, **kga_kw)
-    if name == "kga_each":       # every update corrected (the paper)
-        return koopax.kga(1.0, apply_every=1, **kga_kw)
-    if name == "kga_sum10":      # the sum of 10 updates, one parameter-sized buffer
-        return koopax.kga(1.0, apply_every=10, **kga_kw)
-    if name == "kga_increment":  # the newest increment, once per snapshot
-        return koopax.kga(1.0, apply_every=steps, **kga_kw)
-    if name == "kga_efficient":
-        return koopax.efficient_kga(1.0, **kga_kw)
-    if name == "kga_bf16":
-        return koopax.kga(1.0, snapshot_dtype=jnp.bfloat16, **kga_kw)
-    if name == "kga_efficient_r2_bf16":
-        return koopax.efficient_kga(1.0, rank=2, snapshot_dtype=jnp.bfloat16, **kga_kw)
-    if name == "kga_kwm":
-        # The harness's KWM (examples.methods): relative threshold 0.03, capacity 0.5.
-        return koopax.masked_kga(koopax.masks.kwm(0.03, window=3, relative=True,
-                                                  capacity=MASK_CAPACITY), 1.0, **kga_kw)
-    if name == "kga_norm":
-        return koopax.masked_kga(koopax.masks.norm(thresholds["norm"], capacity=MASK_CAPACITY),
-                                 1.0, **kga_kw)
-    if name == "kga_delta":
-        mask = koopax.masks.delta(thresholds["delta"], window=min(DELTA_WINDOW, num_snapshots - 1),
-                                  capacity=MASK_CAPACITY)
-        return koopax.masked_kga(mask, 1.0, **kga_kw)
-    if name == "pdt":
-        return koopax.pdt(snapshot_every=steps)
-    if name in ("dogra", "tano"):
-        return koopax.dmd_prediction(snapshot_every=steps, mode=name)
-    raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}.")
+        options[f"{key}_threshold"] = thresholds[key]
+        options[f"{key}_capacity"] = MASK_CAPACITY
+        if key == "delta":
+            options["delta_window"] = min(DELTA_WINDOW, num_snapshots - 1)
+    return options
+
+
+def make_method(name: str, steps: int, num_snapshots: int, thresholds: dict | None = None):
+    """The koopax transformation ``name`` of the models section (a snapshot every block)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}.")
+    return common.method(METHODS[name][0], method_options(name, num_snapshots, thresholds),
+                         steps)
 
 
 def _base_fn(args):
     """A factory of the base optimizer alone."""
-    return lambda: common.with_method(common.base_optimizer(args.base, args.lr))
+    return lambda: common.optimizer(args.base, args.lr, "base", None, args.steps)
 
 
 def _method_fn(args, name, thresholds=None):
     """A factory of ``chain(base, method name)``."""
-    return lambda: common.with_method(
-        common.base_optimizer(args.base, args.lr),
-        make_method(name, args.steps, args.num_snapshots, thresholds))
+    return lambda: common.optimizer(args.base, args.lr, METHODS[name][0],
+                                    method_options(name, args.num_snapshots, thresholds),
+                                    args.steps)
 
 
 def mask_thresholds(task, base_runner, quantile: float = MASK_QUANTILE) -> dict:
@@ -220,7 +211,7 @@ def section_models(args, pool) -> dict:
         rows = [[name, s["ms_per_step"], s["ratio"], s["ratio_paired"], s["ratio_paired_min"],
                  s["ratio_paired_max"], s["ratio_best"], s["compile_s"],
                  _brief(s["diagnostics"])] for name, s in stats.items()]
-        print(common.format_table(
+        print(report.text_table(
             ["method", "ms/step", f"x {args.base}", "paired", "min", "max", "best",
              "compile s", "diagnostics"],
             [[args.base, base["ms_per_step"], 1.0, 1.0, 1.0, 1.0, 1.0, base["compile_s"], ""]]
@@ -245,11 +236,14 @@ def _brief(diag: dict) -> str:
     return " ".join(parts)
 
 
-def _kga_fn(args, num_snapshots, mask=None):
-    kw = dict(num_snapshots=num_snapshots, snapshot_every=args.steps)
-    make = (lambda: koopax.kga(1.0, **kw)) if mask is None else (
-        lambda: koopax.masked_kga(mask, 1.0, **kw))
-    return lambda: common.with_method(common.base_optimizer(args.base, args.lr), make())
+def _kga_fn(args, num_snapshots, norm=None):
+    """``chain(base, kga)`` with alpha 1 and ``num_snapshots``; ``norm=(theta, capacity)``:
+    masked by ``koopax.masks.norm(theta, capacity=capacity)``."""
+    options = dict(alpha=1.0, num_snapshots=num_snapshots)
+    if norm is not None:
+        options.update(norm_threshold=norm[0], norm_capacity=norm[1])
+    method = "kga" if norm is None else "kga_norm"
+    return lambda: common.optimizer(args.base, args.lr, method, options, args.steps)
 
 
 def _quadratic(args, pool_tasks: dict, target: float):
@@ -274,7 +268,7 @@ def _kga_scaling_point(args, pool, task, num_snapshots) -> dict:
 
 
 def _print_scaling(points, key):
-    print(common.format_table(
+    print(report.text_table(
         [key, "base ms", "kga ms", "ratio", "refresh ms", "pass ms", "refresh/pass",
          "push/pass"],
         [[p[key], p["base"]["ms_per_step"], p["kga"]["ms_per_step"], p["ratio"],
@@ -332,7 +326,7 @@ def section_masks(args, pool, tasks) -> dict:
     for q in args.quantiles:
         theta, cap = common.abs_quantile(task.params, q), mask_capacity(q)
         settings[q] = (theta, cap)
-        methods[f"kga_norm_q{q}"] = _kga_fn(args, h, mask=koopax.masks.norm(theta, capacity=cap))
+        methods[f"kga_norm_q{q}"] = _kga_fn(args, h, norm=(theta, cap))
     warmup = {name: h + 1 for name in methods}
     base, stats, _ = timed_comparison(pool, task, _base_fn(args), methods, warmup, args.repeats)
     r_kga = stats[kga]["ratio"]
@@ -348,7 +342,7 @@ def section_masks(args, pool, tasks) -> dict:
             "masked_fraction": diag.get("masked_fraction"),
             "kept_fraction": diag.get("num_kept", 0) / n, "num_overflow": diag.get("num_overflow"),
             "compact": diag.get("compact")})
-    print(common.format_table(
+    print(report.text_table(
         ["q", "capacity", "masked", "kept", "overflow", "ms/step", "ratio", "reduction"],
         [["kga (none)", None, 0.0, 1.0, None, stats[kga]["ms_per_step"], r_kga, 1.0]]
         + [[p["quantile"], p["capacity"], p["masked_fraction"], p["kept_fraction"],
@@ -362,7 +356,7 @@ def section_masks(args, pool, tasks) -> dict:
 
 # ----------------------------------------------------------------------------- plots
 def plot_models(data, path):
-    plt = common.pyplot()
+    plt = report.pyplot()
     results = data["results"]
     # Models may have been measured with different method lists (merged runs).
     methods = list(dict.fromkeys(n for r in results for n in r["methods"]))
@@ -383,7 +377,7 @@ def plot_models(data, path):
 
 
 def plot_scaling(data, key, path, xlabel, logx):
-    plt = common.pyplot()
+    plt = report.pyplot()
     points = data["points"]
     xs = [p[key] for p in points]
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -404,7 +398,7 @@ def plot_scaling(data, key, path, xlabel, logx):
 
 
 def plot_masks(data, path):
-    plt = common.pyplot()
+    plt = report.pyplot()
     points = data["points"]
     fig, ax = plt.subplots(figsize=(6, 4))
     points = sorted(points, key=lambda p: p["masked_fraction"])
@@ -423,73 +417,12 @@ def plot_masks(data, path):
 
 
 def _save(fig, path):
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    common.pyplot().close(fig)
-    print(f"wrote {path}")
+    print(f"wrote {report.save_figure(fig, path)}")
 
 
 # ----------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default=",".join(SECTIONS),
-                    help=f"comma list of {', '.join(SECTIONS)} (default all)")
-    ap.add_argument("--models", help=f"models section: comma list of {', '.join(MODELS)}")
-    ap.add_argument("--methods", help=f"models section: comma list of {', '.join(METHODS)}")
-    ap.add_argument("--base", default="adam", choices=sorted(common.BASE_LEARNING_RATES),
-                    help="base optimizer (default adam)")
-    ap.add_argument("--lr", type=float, help="base learning rate (adam 1e-3, sgd 0.05)")
-    ap.add_argument("--steps", type=int, help="steps per timed block = snapshot_every (20)")
-    ap.add_argument("--batch", type=int, help="models section batch size (32)")
-    ap.add_argument("--repeats", type=int, help="interleaved timed blocks per method (5)")
-    ap.add_argument("--num-snapshots", type=int, default=6, help="KGA's h (default 6)")
-    ap.add_argument("--max-params", type=float, help="params section: largest size (3e7)")
-    ap.add_argument("--section-params", type=float,
-                    help="snapshots/masks sections: parameter count (1e6)")
-    ap.add_argument("--snapshot-counts", help="snapshots section: h values (4,8,16,32)")
-    ap.add_argument("--quantiles", help="masks section: |w| quantiles (0,0.5,0.75,0.9,0.95)")
-    ap.add_argument("--output-dir", help="default benchmarks/results (runs/benchmarks_quick "
-                                          "with --quick)")
-    ap.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: tiny sizes, few steps and repeats")
-    return ap
-
-
-def parse_args(argv=None):
-    ap = build_parser()
-    args = ap.parse_args(argv)
-    args.output_dir = args.output_dir or default_output_dir(args.quick)
-    common.apply_defaults(args, DEFAULTS, QUICK)
-    try:
-        args.sections = common.parse_list(args.sections, "--sections", choices=SECTIONS)
-        args.models = common.parse_list(args.models, "--models", choices=MODELS)
-        args.methods = common.parse_list(args.methods, "--methods", choices=METHODS)
-        args.snapshot_counts = common.parse_list(args.snapshot_counts, "--snapshot-counts", int)
-        args.quantiles = common.parse_list(args.quantiles, "--quantiles", float)
-    except ValueError as e:
-        ap.error(str(e))
-    for name in ("steps", "batch", "repeats"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be >= 1; got {getattr(args, name)}.")
-    if args.num_snapshots < 3 or any(h < 3 for h in args.snapshot_counts):
-        ap.error("--num-snapshots and --snapshot-counts must be >= 3.")
-    if not all(0.0 <= q < 1.0 for q in args.quantiles):
-        ap.error(f"--quantiles must lie in [0, 1); got {args.quantiles}.")
-    if args.lr is not None and not args.lr > 0:
-        ap.error(f"--lr must be > 0; got {args.lr}.")
-    if not args.max_params >= PARAM_TARGETS[0]:
-        ap.error(f"--max-params must be >= {PARAM_TARGETS[0]:.0e}; got {args.max_params}.")
-    if not args.section_params >= 1e3:
-        ap.error(f"--section-params must be >= 1e3; got {args.section_params}.")
-    return args
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    env = common.environment()
+def run(args):
+    env = report.environment()
     print(f"koopax overhead benchmark: jax {env['jax']} on {env['platform']} "
           f"({env['cpu_count']} CPUs), base {args.base}, sections {args.sections}"
           + (" [quick]" if args.quick else ""), flush=True)
@@ -498,10 +431,10 @@ def main(argv=None):
                 "params": lambda: section_params(args, pool, tasks),
                 "snapshots": lambda: section_snapshots(args, pool, tasks),
                 "masks": lambda: section_masks(args, pool, tasks)}
-    for name, run in sections.items():
+    for name, section in sections.items():
         if name in args.sections:
             t0 = time.perf_counter()
-            out[name] = run()
+            out[name] = section()
             out[name]["wall_s"] = time.perf_counter() - t0
             print(f"({name}: {out[name]['wall_s']:.1f} s in all, compilation included)")
             out[name]["config"] = dict(vars(args))
@@ -517,11 +450,60 @@ def main(argv=None):
         out["models"]["results"] = [r for r in merged["models"]["results"]
                                     if r["model"] not in fresh] + out["models"]["results"]
     merged.update(out)
-    common.write_json(path, {"environment": env, "config": vars(args), "sections": merged})
+    report.write_json(path, {"environment": env, "config": vars(args), "sections": merged},
+                      indent=2)
     print(f"\nwrote {path}")
     if not args.no_plots:
         write_plots(merged, args.output_dir)
     return out
+
+
+def _check(args) -> str | None:
+    if args.num_snapshots < 3 or any(h < 3 for h in args.snapshot_counts):
+        return "--num-snapshots and --snapshot-counts must be >= 3."
+    if not all(0.0 <= q < 1.0 for q in args.quantiles):
+        return f"--quantiles must lie in [0, 1); got {args.quantiles}."
+    if not args.max_params >= PARAM_TARGETS[0]:
+        return f"--max-params must be >= {PARAM_TARGETS[0]:.0e}; got {args.max_params}."
+    if not args.section_params >= 1e3:
+        return f"--section-params must be >= 1e3; got {args.section_params}."
+    return None
+
+
+Option = cli.Option
+BENCHMARK = cli.Benchmark(
+    "overhead", run, description=__doc__.splitlines()[0], epilog=__doc__, flags=("quick", "plots"),
+    check=_check, options=(
+        Option("--sections", list(SECTIONS), "sections", list=True, choices=SECTIONS),
+        Option("--models", list(MODELS), "models section: models", list=True, choices=MODELS,
+               quick=["mlp"]),
+        Option("--methods", list(METHODS), "models section: methods", list=True,
+               choices=tuple(METHODS), quick=["kga"]),
+        Option("--base", "adam", "base optimizer", choices=tuple(common.BASE_LEARNING_RATES)),
+        Option("--lr", None, "base learning rate (adam 1e-3, sgd 0.05)",
+               type=cli.positive_float),
+        Option("--steps", 20, "steps per timed block = snapshot_every", type=cli.positive_int,
+               quick=3),
+        Option("--batch", 32, "models section batch size", type=cli.positive_int, quick=8),
+        Option("--repeats", 5, "interleaved timed blocks per method", type=cli.positive_int,
+               quick=2),
+        Option("--num-snapshots", 6, "KGA's h", type=int),
+        Option("--max-params", 3e7, "params section: largest size", type=float, quick=1e6),
+        Option("--section-params", 1e6, "snapshots/masks sections: parameter count",
+               type=float),
+        Option("--snapshot-counts", [4, 8, 16, 32], "snapshots section: h values", type=int,
+               list=True, quick=[4, 8]),
+        Option("--quantiles", [0, 0.5, 0.75, 0.9, 0.95], "masks section: |w| quantiles",
+               type=float, list=True, quick=[0.9]),
+    ))
+
+
+def parse_args(argv=None):
+    return cli.parse_args(BENCHMARK, argv)
+
+
+def main(argv=None):
+    return cli.main(BENCHMARK, argv)
 
 
 def write_plots(out, output_dir):

@@ -17,15 +17,12 @@ next to one ``pass``: a linear combination of the ``h - 2`` stored increments
 cost in passes. Medians of ``--repeats`` interleaved calls.
 
 Writes ``pdt_jump.json`` under ``--output-dir`` (default
-``benchmarks/results``).
+``benchmarks/results``). ``--quick``: 1e5 parameters, 3 repeats.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 
 import jax
@@ -33,11 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-if __package__ in (None, ""):  # pragma: no cover
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import koopax  # noqa: E402
-from koopax._src import snapshots, tree_math  # noqa: E402
+from benchmarks import cli, common
+from examples import report
+from koopax._src import snapshots, tree_math
 
 
 def make_params(num_params, seed=0):
@@ -89,7 +84,8 @@ def measure(num_params, repeats, steps=10, num_snapshots=6):
     params = make_params(num_params)
     curvature = jax.tree.map(lambda p: jnp.linspace(0.5, 2.0, p.size).reshape(p.shape), params)
     sgd = optax.sgd(0.05)
-    tx = optax.chain(sgd, koopax.pdt(snapshot_every=steps, start=0, num_snapshots=num_snapshots))
+    tx = optax.chain(sgd, common.method("pdt", dict(start=0, num_snapshots=num_snapshots),
+                                        steps))
     run_sgd, run_pdt = _epoch_fn(sgd, curvature, steps), _epoch_fn(tx, curvature, steps)
     fresh = tx.init(params)
     p, state = _copy(params), tx.init(params)
@@ -116,15 +112,8 @@ def measure(num_params, repeats, steps=10, num_snapshots=6):
                 epoch_ratio_jump=t["pdt_jump"] / t["sgd"])
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.pdt_jump",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--params", default="1000000,4000000", help="comma list of sizes")
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--steps", type=int, default=10, help="steps per epoch")
-    p.add_argument("--output-dir", default=os.path.join("benchmarks", "results"))
-    args = p.parse_args(argv)
-    rows = [measure(int(n), args.repeats, args.steps) for n in args.params.split(",") if n]
+def run(args):
+    rows = [measure(int(n), args.repeats, args.steps) for n in args.params]
     print("| params | sgd epoch | pdt epoch, no prediction | pdt epoch with a jump | one pass "
           "| jump cost | jump / pass |")
     print("|---|---|---|---|---|---|---|")
@@ -135,10 +124,21 @@ def main(argv=None):
               f"| {1e3 * s['pdt_jump']:.1f} ms ({r['epoch_ratio_jump']:.2f}x) "
               f"| {1e3 * s['pass']:.2f} ms | {1e3 * r['jump_seconds']:.1f} ms "
               f"| {r['jump_in_passes']:.1f} |")
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "pdt_jump.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    report.write_json(os.path.join(args.output_dir, "pdt_jump.json"), rows)
     return rows
+
+
+BENCHMARK = cli.Benchmark(
+    "pdt_jump", run, description=__doc__.splitlines()[0], epilog=__doc__, options=(
+        cli.Option("--params", [1000000, 4000000], "parameter counts", type=cli.positive_int,
+                   list=True, quick=[100000]),
+        cli.Option("--repeats", 15, "interleaved timed calls", type=cli.positive_int, quick=3),
+        cli.Option("--steps", 10, "steps per epoch", type=cli.positive_int),
+    ))
+
+
+def main(argv=None):
+    return cli.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

@@ -16,31 +16,25 @@ target in **0.57x** SGD's epochs at lr 0.5 and at lr 0.1 (measured side by
 side with their code, 5 seeds; issue 10 of this project), accepting 17 % of
 the weights per jump.
 
-``--tune`` also sweeps SGD's learning rate by factors of 2 from ``--lr``
+``--tune`` also sweeps SGD's learning rate by factors of 2 from the first ``--lrs``
 until the best (lowest best epoch-mean loss within the budget) is interior,
 and runs PDT on top of that best rate: the figure against the tuned base.
 
 Writes ``peer_pdt.{json,md}`` under ``--output-dir`` (default
-``benchmarks/results/peer_pdt``).
+``benchmarks/results/peer_pdt``). ``--quick``: one seed at lr 0.5.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-if __package__ in (None, ""):  # pragma: no cover
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import koopax  # noqa: E402
+from benchmarks import cli, common
+from examples import report
 
 SIZES = (64, 256, 10)
 BATCH = 64
@@ -141,21 +135,20 @@ def epochs_to(losses, target):
     return int(hit[0]) + 1 if hit.size else None
 
 
+#: The compared settings of the registry's ``pdt`` (chained after SGD, a snapshot per epoch).
+METHODS = {
+    "pdt": {},
+    "pdt_no_rollback": {"rollback": False},
+    "pdt_authors_schedule": {"rollback": False, "authors_schedule": True},
+    "pdt_svht": {"rank": "svht"},
+    "pdt_rcond0.1": {"rcond": 0.1},
+    "pdt_rcond0.2": {"rcond": 0.2},
+}
+
+
 def methods(steps_per_epoch, names):
-    """The compared transformations (chained after SGD)."""
-    table = {
-        "pdt": lambda: koopax.pdt(snapshot_every=steps_per_epoch),
-        "pdt_no_rollback": lambda: koopax.pdt(snapshot_every=steps_per_epoch, rollback=False),
-        "pdt_authors_schedule": lambda: koopax.pdt(snapshot_every=steps_per_epoch,
-                                                   rollback=False, authors_schedule=True),
-        "pdt_svht": lambda: koopax.pdt(snapshot_every=steps_per_epoch, rank="svht"),
-        "pdt_rcond0.1": lambda: koopax.pdt(snapshot_every=steps_per_epoch, rcond=0.1),
-        "pdt_rcond0.2": lambda: koopax.pdt(snapshot_every=steps_per_epoch, rcond=0.2),
-    }
-    unknown = sorted(set(names) - set(table))
-    if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; choose from {sorted(table)}")
-    return {n: table[n] for n in names}
+    """The compared transformations (chained after SGD): name -> factory."""
+    return {n: (lambda n=n: common.method("pdt", METHODS[n], steps_per_epoch)) for n in names}
 
 
 def run_rate(lr, seeds, epochs, names):
@@ -250,21 +243,10 @@ def table(summary, lr):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m benchmarks.peer_pdt",
-                                description=__doc__.splitlines()[0])
-    p.add_argument("--lrs", default="0.5,0.1", help="comma list of SGD learning rates")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--methods", default="pdt,pdt_no_rollback,pdt_authors_schedule,pdt_svht")
-    p.add_argument("--tune", action="store_true",
-                   help="also sweep SGD's rate by doubling and run PDT on the best")
-    p.add_argument("--output-dir", default=os.path.join("benchmarks", "results", "peer_pdt"))
-    args = p.parse_args(argv)
-    names = [n for n in args.methods.split(",") if n]
-    seeds = list(range(args.seeds))
+def run(args):
+    names, seeds = args.methods, list(range(args.seeds))
     results, text = {}, ["# PDT on the authors' digits setting", ""]
-    lrs = [float(v) for v in args.lrs.split(",") if v]
+    lrs = list(args.lrs)
     if args.tune:
         tuned, scores = best_rate(lrs[0], seeds, args.epochs)
         results["sweep"] = {"scores": {str(k): v for k, v in sorted(scores.items())},
@@ -279,12 +261,27 @@ def main(argv=None):
         results[str(lr)] = {"summary": summary, "runs": rows}
         text += [table(summary, lr), ""]
         print(table(summary, lr), flush=True)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "peer_pdt.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.output_dir, "peer_pdt.md"), "w") as f:
-        f.write("\n".join(text) + "\n")
+    report.write_json(os.path.join(args.output_dir, "peer_pdt.json"), results)
+    report.write_text(os.path.join(args.output_dir, "peer_pdt.md"), "\n".join(text))
     return results
+
+
+BENCHMARK = cli.Benchmark(
+    "peer_pdt", run, description=__doc__.splitlines()[0], epilog=__doc__, output="peer_pdt",
+    options=(
+        cli.Option("--lrs", [0.5, 0.1], "SGD learning rates", type=cli.positive_float,
+                   list=True, quick=[0.5]),
+        cli.Option("--seeds", 5, "seeds", type=cli.positive_int, quick=1),
+        cli.Option("--epochs", 30, "epochs", type=cli.positive_int),
+        cli.Option("--methods", ["pdt", "pdt_no_rollback", "pdt_authors_schedule", "pdt_svht"],
+                   "PDT settings", list=True, choices=tuple(METHODS)),
+        cli.Option("--tune", action="store_true",
+                   help="also sweep SGD's rate by doubling and run PDT on the best"),
+    ))
+
+
+def main(argv=None):
+    return cli.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

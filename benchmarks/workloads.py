@@ -59,7 +59,6 @@ reused unless ``--rerun``, and ``workloads.json`` and ``workloads.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any
@@ -72,7 +71,7 @@ from benchmarks import convergence  # noqa: E402
 from benchmarks.convergence import _cell, _comma_list, _spread  # noqa: E402
 from examples import methods as registry  # noqa: E402
 from examples import report, tune  # noqa: E402
-from examples.compare import nonnegative_float, positive_int  # noqa: E402
+from examples.cli import nonnegative_float, positive_int  # noqa: E402
 from examples.methods import SCHEDULE_FREE  # noqa: E402
 from examples.train import Config  # noqa: E402
 
@@ -278,10 +277,8 @@ def main(argv=None) -> dict[str, Any]:
     out = dict(rows=rows, tuning=tuning, target="test_loss", seeds=args.seeds,
                tune_seeds=args.tune_seeds, quick=args.quick, environment=report.environment())
     text = markdown(rows, tuning)
-    with open(os.path.join(args.output_dir, "workloads.json"), "w") as f:
-        json.dump(report.sanitize(out), f, indent=1, allow_nan=False)
-    with open(os.path.join(args.output_dir, "workloads.md"), "w") as f:
-        f.write(text)
+    report.write_json(os.path.join(args.output_dir, "workloads.json"), out)
+    report.write_text(os.path.join(args.output_dir, "workloads.md"), text)
     print("\n" + text)
     return out
 

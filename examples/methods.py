@@ -201,8 +201,31 @@ def _kwm_mask(extras):
                             capacity=extras["kwm_capacity"])
 
 
+def _masked(make_mask):
+    """``masked_kga`` with the mask ``make_mask()``, made when the method is built (so the
+    registry reads the options of a method whose mask needs an option it was not given)."""
+    @functools.wraps(koopax.masked_kga)
+    def factory(*args, **kwargs):
+        return koopax.masked_kga(make_mask(), *args, **kwargs)
+    return factory
+
+
 def _kga_kwm(extras):
-    return functools.partial(koopax.masked_kga, _kwm_mask(extras))
+    return _masked(lambda: _kwm_mask(extras))
+
+
+def _kga_norm(extras):
+    # The KGA paper's norm mask: a weight with |w| below ``norm_threshold`` is dropped.
+    return _masked(lambda: koopax.masks.norm(extras["norm_threshold"],
+                                             capacity=extras["norm_capacity"]))
+
+
+def _kga_delta(extras):
+    # The KGA paper's delta mask: a weight that moved less than ``delta_threshold`` per
+    # snapshot over the last ``delta_window`` snapshots is dropped.
+    return _masked(lambda: koopax.masks.delta(extras["delta_threshold"],
+                                              window=extras["delta_window"],
+                                              capacity=extras["delta_capacity"]))
 
 
 def _pdt(extras):
@@ -225,6 +248,8 @@ def _dmd_prediction(mode):
 # --------------------------------------------------------------------------- registry
 #: Arguments the registry fixes itself: not options of any method.
 FIXED_ARGUMENTS = frozenset({"mask", "mode"})
+#: An option value that :meth:`Method.build` replaces with the steps per epoch.
+EPOCH = "epoch"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +265,8 @@ class Method:
       defaults: the harness's defaults, where they differ from the library's.
       extras: options read by ``constructor`` rather than passed to the
         factory, with their defaults.
+      required: options without a default (``None`` in ``extras``): a build
+        without them is an error naming them.
     """
 
     name: str
@@ -247,6 +274,7 @@ class Method:
     constructor: Callable[[Mapping[str, Any]], Callable[..., Any]]
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     extras: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    required: tuple[str, ...] = ()
 
     def factory(self, extras: Mapping[str, Any] | None = None):
         """The koopax factory (with ``extras`` defaulted)."""
@@ -270,10 +298,12 @@ class Method:
         reach a koopax method built with the option ``clock='rate'`` (snapshots
         at equal increments of the integrated rate; :func:`koopax.kga`). Without
         them the default clock falls back to ``'steps'``; an explicit
-        ``clock='rate'`` raises.
+        ``clock='rate'`` raises. An option given as ``'epoch'`` (e.g.
+        ``apply_every='epoch'``) is ``steps_per_epoch``.
         """
         check_positive(steps_per_epoch, "steps_per_epoch", integer=True)
-        opts = options_for(self.name, options)
+        opts = {k: steps_per_epoch if isinstance(v, str) and v == EPOCH else v
+                for k, v in options_for(self.name, options).items()}
         extras = {k: opts.pop(k) for k in self.extras}
         if opts.get("snapshot_every") is None and "snapshot_every" in self.options():
             opts["snapshot_every"] = steps_per_epoch
@@ -281,7 +311,7 @@ class Method:
         if clock is not None and clock not in CLOCKS:
             raise ValueError(f"{self.name}: clock must be one of {CLOCKS}; got {clock!r}.")
         unknown_rate = learning_rate is None or total_steps is None
-        if clock == "rate" and unknown_rate and "clock" not in options:
+        if clock == "rate" and unknown_rate and "clock" not in (options or {}):
             clock = "steps"  # the default clock, where the caller knows no rate
         if clock == "rate":
             if unknown_rate:
@@ -298,6 +328,10 @@ KGA_DEFAULTS: dict = {name: inspect.signature(koopax.kga).parameters[name].defau
                       for name in ("alpha", "num_snapshots")}
 KWM_EXTRAS = dict(kwm_epsilon=0.03, kwm_window=3, kwm_relative=True, kwm_every=1,
                   kwm_capacity=0.5)
+#: The norm and delta masks have no default threshold (the KGA paper gives none, and
+#: absolute thresholds do not transfer between models); capacity 1 is the library's.
+NORM_EXTRAS = dict(norm_threshold=None, norm_capacity=1.0)
+DELTA_EXTRAS = dict(delta_threshold=None, delta_window=5, delta_capacity=1.0)
 #: ``clock``: ``'rate'`` (the default: the base's learning rate, a number or a
 #: schedule, and the run's length reach the method: under a schedule snapshots
 #: come at equal increments of the integrated learning rate, and no correction or
@@ -326,6 +360,14 @@ register_method(Method("kga_efficient", "Efficient-KGA (koopax.efficient_kga)",
 register_method(Method("kga_kwm", "KGA with the Koopman weight mask "
                        "(koopax.masked_kga(koopax.masks.kwm(...)))",
                        _kga_kwm, KGA_DEFAULTS, {**KWM_EXTRAS, **CLOCK_EXTRAS}))
+register_method(Method("kga_norm", "KGA with the norm mask "
+                       "(koopax.masked_kga(koopax.masks.norm(norm_threshold, ...)))",
+                       _kga_norm, KGA_DEFAULTS, {**NORM_EXTRAS, **CLOCK_EXTRAS},
+                       required=("norm_threshold",)))
+register_method(Method("kga_delta", "KGA with the delta mask "
+                       "(koopax.masked_kga(koopax.masks.delta(delta_threshold, ...)))",
+                       _kga_delta, KGA_DEFAULTS, {**DELTA_EXTRAS, **CLOCK_EXTRAS},
+                       required=("delta_threshold",)))
 register_method(Method("pdt", "PDT: masked DMD weight prediction with rollback (koopax.pdt)",
                        _pdt, extras=CLOCK_EXTRAS))
 register_method(Method("kga_layer", "KGA with one DMD per layer (koopax.kga(blocks='layer'))",
@@ -343,7 +385,7 @@ register_method(Method("control", "no-DMD control: every snapshot period, add be
 
 #: The methods whose ``alpha`` / ``num_snapshots`` the CLI's ``--alpha`` and
 #: ``--num-snapshots`` set.
-KGA_FAMILY = ("kga", "kga_efficient", "kga_kwm", "kga_layer")
+KGA_FAMILY = ("kga", "kga_efficient", "kga_kwm", "kga_norm", "kga_delta", "kga_layer")
 
 
 def method(name: str) -> Method:
@@ -357,7 +399,8 @@ def options_for(name: str, options: Mapping[str, Any] | None = None) -> dict[str
     """The options of method ``name``: its defaults, then ``options``.
 
     Raises:
-      ValueError: naming the method and every key it does not accept.
+      ValueError: naming the method and every key it does not accept, or the
+        required options (:attr:`Method.required`) it was not given.
     """
     entry = method(name)
     options = dict(options or {})
@@ -366,7 +409,13 @@ def options_for(name: str, options: Mapping[str, Any] | None = None) -> dict[str
         raise ValueError(
             f"{name}: unknown option{'s' if len(unknown) > 1 else ''} "
             f"{', '.join(map(repr, unknown))}; {name} accepts {sorted(entry.options())}.")
-    return {**entry.defaults, **entry.extras, **options}
+    out = {**entry.defaults, **entry.extras, **options}
+    missing = [k for k in entry.required if out.get(k) is None]
+    if missing:
+        raise ValueError(f"{name}: needs the option{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(map(repr, missing))} (no default; e.g. "
+                         f"--set {name}.{missing[0]}=VALUE).")
+    return out
 
 
 def build_optimizer(name: str, base: optax.GradientTransformation,
@@ -389,50 +438,66 @@ def build_optimizer(name: str, base: optax.GradientTransformation,
 
 
 # ----------------------------------------------------------------------- diagnostics
-#: State fields read after each epoch, under the names used in the results
-#: (the first field found, by name, anywhere in the state).
+#: The diagnostics the harness records after each epoch: the name in the results ->
+#: the name in :func:`koopax.diagnostics`.
 DIAGNOSTIC_KEYS = {
-    "eigenvalues": ("eigenvalues",),
-    "rank": ("rank",),
-    "num_stable": ("num_stable",),
-    "num_refreshes": ("num_refreshes",),
-    "num_nonfinite": ("num_nonfinite",),
+    "eigenvalues": "eigenvalues",
+    "rank": "rank",
+    "num_stable": "num_stable",
+    "num_refreshes": "num_refreshes",
+    "num_nonfinite": "num_nonfinite",
     # PDT / dogra / tano: fraction of the weights whose prediction was accepted
     # at the last jump (1 = every weight jumped).
-    "accepted_ratio": ("accepted_ratio",),
+    "accepted_ratio": "accepted_ratio",
     # KGA masks: fraction of the weights excluded from acceleration (0 = none).
-    "masked_fraction": ("masked_fraction",),
+    "masked_fraction": "masked_fraction",
     # KGA masks: weights accelerated (in the compact buffers; 0 before the first
     # decision, when every weight is) and weights the criterion kept that no slot of
     # the static capacity could hold (not accelerated either, not in masked_fraction).
-    "num_kept": ("num_kept",),
-    "num_overflow": ("num_overflow",),
-    "jumps": ("num_jumps",),
-    "rollbacks": ("num_rollbacks", "rollbacks", "rollback_count"),
+    "num_kept": "num_kept",
+    "num_overflow": "num_overflow",
+    "jumps": "num_jumps",
+    "rollbacks": "num_rollbacks",
 }
 
 
-def read_diagnostics(opt_state, keys: Mapping[str, tuple[str, ...]] | None = None
-                     ) -> dict[str, Any]:
-    """Diagnostics found in an optimizer state, as host values.
+#: Fields of a koopax state that :func:`koopax.state_diagnostics` does not report, by
+#: attribute path on the state: KGA's safety-net rollbacks and whether a masked KGA's
+#: mask has been applied.
+STATE_FIELDS = {"num_rollbacks": ("rollback", "num_rollbacks"),
+                "compact": ("columns", "compact")}
 
-    For each entry of ``keys`` (default :data:`DIAGNOSTIC_KEYS`) the first
-    matching field (by name, anywhere in the state, nested sub-states included)
-    is read; absent fields are left out. Complex eigenvalues become
-    ``[[re, im], ...]`` restricted to the DMD rank when the state records one.
+
+def read_diagnostics(opt_state, keys: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The diagnostics of the koopax state inside ``opt_state``, as host values.
+
+    The state is found by type (:func:`koopax.find_states`; no koopax state, e.g.
+    the base alone or the no-DMD control: ``{}``) and read with
+    :func:`koopax.state_diagnostics`. ``keys`` maps the names returned to
+    koopax's names (default :data:`DIAGNOSTIC_KEYS`; absent ones are left out),
+    with the fields of :data:`STATE_FIELDS` added where koopax does not report them.
+    Complex eigenvalues become ``[[re, im], ...]`` restricted to the DMD rank of
+    each block; one-element arrays become scalars.
     """
     keys = DIAGNOSTIC_KEYS if keys is None else keys
-    out: dict[str, Any] = {}
-    for key, names in keys.items():
-        for name in names:
-            found = optax.tree_utils.tree_get_all_with_path(opt_state, name)
-            if found:
-                out[key] = np.asarray(jax.device_get(found[0][1]))
-                break
+    found = koopax.find_states(opt_state)
+    if not found:
+        return {}
+    if len(found) > 1:
+        raise ValueError(f"opt_state holds {len(found)} koopax states; the harness reads one.")
+    state = found[0][1]
+    diag = dict(koopax.state_diagnostics(state))
+    for name, path in STATE_FIELDS.items():   # what koopax.state_diagnostics leaves out
+        value = functools.reduce(lambda node, attr: getattr(node, attr, None), path, state)
+        if value is not None:
+            diag.setdefault(name, value)
+    out = {key: np.asarray(jax.device_get(diag[name])) for key, name in keys.items()
+           if name in diag}
     if "eigenvalues" in out:
         values = out["eigenvalues"]
         groups = values.reshape(-1, values.shape[-1]) if values.ndim else values.reshape(1, 1)
-        ranks = np.broadcast_to(out.get("rank", groups.shape[-1]), groups.shape[:1])
+        rank = np.asarray(jax.device_get(diag["rank"]))
+        ranks = np.broadcast_to(rank, groups.shape[:1])
         values = np.concatenate([g[: int(r)] for g, r in zip(groups, ranks)])
         out["eigenvalues"] = np.stack([values.real, values.imag], -1).astype(float).tolist()
     for key, value in list(out.items()):

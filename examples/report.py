@@ -11,25 +11,36 @@ median reads 'not reached' when half or more of the seeds miss it. Two ratios
 to the base are reported: the ratio of the medians over seeds
 (``epochs_ratio``, ``time_ratio``, the table's ``x base``) and the per-seed
 (paired) ratios with their median, min and max (``epochs_ratio_paired``,
-``time_ratio_paired``).
+``time_ratio_paired``). Times are training only (compilation excluded);
+``time_ratio_with_compile`` adds each row's compile time to its time to the
+target, the wall time a user waits (:func:`verdict_lines` reports it).
+
+This is the one report module of the repository: the benchmarks write their
+JSON (:func:`write_json`, :func:`sanitize`, :func:`environment`), text tables
+(:func:`text_table`, :func:`fmt_spread`) and figures (:func:`pyplot`,
+:func:`save_figure`) with it too.
 """
 
 from __future__ import annotations
 
+import datetime
+import importlib.metadata
+import json
 import math
 import numbers
 import os
 import platform
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["Target", "environment", "format_table", "sanitize", "save_plots", "summarize",
-           "time_to_target"]
+__all__ = ["Target", "environment", "fmt_spread", "format_table", "pyplot", "sanitize",
+           "save_figure", "save_plots", "setup_title", "spread", "summarize", "text_table",
+           "time_to_target", "verdict_lines", "write_json", "write_text"]
 
-#: Diagnostics averaged over seeds (last epoch) into the summary.
+#: Diagnostics summarised over seeds (median of the last epoch's values) into the summary.
 SUMMARY_DIAGNOSTICS = ("accepted_ratio", "masked_fraction", "rollbacks", "num_refreshes",
                        "num_stable", "num_nonfinite")
 LEGEND = ("accepted: fraction of the weights whose prediction PDT/dogra/tano accepted at "
@@ -146,6 +157,9 @@ def _row_summary(runs, hits, info):
         learning_rate=info.get("learning_rate"),
         epochs_to_target=median_or_none(epochs),
         time_to_target=median_or_none(times),
+        # The wall time a user waits for it: the row's compilation, then its training.
+        time_to_target_with_compile=median_or_none(
+            [None if t is None else info["compile_time"] + t for t in times]),
         flops_to_target=None if flops is None else median_or_none(
             [None if h.step is None else h.step * flops for h in hits]),
         final_train_loss=_nanmedian([r["train_loss"][-1] for r in runs]),
@@ -160,13 +174,14 @@ def _row_summary(runs, hits, info):
     )
     for key in SUMMARY_DIAGNOSTICS:
         vals = [d[key] for d in last if key in d]
-        if vals:
-            s[key] = float(np.mean(vals))
+        if vals:   # the median over seeds, as the plots draw it
+            s[key] = float(np.median(vals))
     return s
 
 
 #: The loss names of ``results['target']`` and how tables and plots call them.
 TARGET_LABELS = {"train_loss": "train", "test_loss": "val"}
+TARGET_TEXT = {"train_loss": "train loss", "test_loss": "validation loss"}
 
 
 def summarize(results, target: str | None = None) -> dict[str, dict[str, Any]]:
@@ -194,6 +209,8 @@ def summarize(results, target: str | None = None) -> dict[str, dict[str, Any]]:
                               else s["final_test_acc_mean"] - base["final_test_acc_mean"])
         s["epochs_ratio"] = _ratio(s["epochs_to_target"], base["epochs_to_target"])
         s["time_ratio"] = _ratio(s["time_to_target"], base["time_to_target"])
+        s["time_ratio_with_compile"] = _ratio(s["time_to_target_with_compile"],
+                                              base["time_to_target_with_compile"])
         s["flops_ratio"] = _ratio(s["flops_to_target"], base["flops_to_target"])
         s["epochs_ratios"] = [_ratio(h.epoch, b.epoch) for h, b in zip(hits[name], base_hits)]
         s["time_ratios"] = [_ratio(h.time, b.time) for h, b in zip(hits[name], base_hits)]
@@ -202,9 +219,44 @@ def summarize(results, target: str | None = None) -> dict[str, dict[str, Any]]:
     return summary
 
 
-# ---------------------------------------------------------------------------- table
+# ---------------------------------------------------------------------------- tables
 def fmt(value, spec, none="-"):
     return none if value is None else format(value, spec)
+
+
+def fmt_spread(s: Mapping | None, spec: str = ".2f", *, sep: str = ", ", none: str = "-",
+               missing: str = "-") -> str:
+    """``median [min<sep>max]`` of a :func:`spread` (``none`` without a median, ``missing``
+    for a min or max that is ``None``: a seed that never got there)."""
+    if not s or s.get("median") is None:
+        return none
+    lo, hi = (missing if s.get(k) is None else format(s[k], spec) for k in ("min", "max"))
+    return f"{format(s['median'], spec)} [{lo}{sep}{hi}]"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 1e4 else f"{value:.3g}"
+    return str(value)
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *,
+               align: str = "right") -> str:
+    """A plain-text table: a header line, a rule and one line per row.
+
+    Cells that are not strings are formatted (floats with 3 decimals, ``None``
+    as ``-``); ``align`` is ``'right'`` or ``'left'``.
+    """
+    cells = [[c if isinstance(c, str) else _cell(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    just = str.rjust if align == "right" else str.ljust
+    lines = ["  ".join(just(h, w) for h, w in zip(headers, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(just(c, w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
 
 
 def format_table(summary, *, task="classification") -> str:
@@ -248,15 +300,61 @@ def format_table(summary, *, task="classification") -> str:
         if not classification:
             del row[3]
         rows.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    return "\n".join(lines)
+    return text_table(header, rows, align="left")
+
+
+def _base_rate(results) -> str:
+    """The base row's learning rate as text (the tuned one after a sweep), ``'?'`` unknown."""
+    config = results.get("config") or {}
+    info = (results.get("info") or {}).get("base") or {}
+    lr = info.get("learning_rate", config.get("learning_rate"))
+    return "?" if lr is None else f"{lr:g}"
+
+
+def _base_label(results) -> str:
+    """``'sgd at lr 0.5 (constant; not tuned: --tune sweeps it)'`` or the tuned rate."""
+    config, sweep = results.get("config") or {}, results.get("sweep")
+    schedule = config.get("schedule", "constant")
+    text = (f"{config.get('optimizer', 'the base optimizer')} at lr {_base_rate(results)} "
+            f"({schedule}")
+    if sweep:
+        return text + (f"; tuned: the best of a sweep by factors of 2 from {sweep['start']:g}"
+                       f"{'' if sweep.get('interior') else ', NOT interior'})")
+    return text + "; not tuned: --tune sweeps it)"
+
+
+def verdict_lines(results) -> list[str]:
+    """The main job's answer: one line per row, against the base.
+
+    "reached the base's best loss in X of its epochs and Y of its time, compile
+    included": the ratios of the medians over seeds (the table's ``x base``), the
+    time being each row's compilation plus its training to the target.
+    """
+    summary = results["summary"]
+    base = summary["base"]
+    on = TARGET_TEXT[base.get("target_on", "train_loss")]
+    lines = [f"Against the base, {_base_label(results)}; medians over "
+             f"{base['num_seeds']} seed(s):"]
+    width = max(len(n) for n in summary)
+    for name, s in summary.items():
+        if name == "base":
+            continue
+        head = f"  {name.ljust(width)}  "
+        if s["epochs_ratio"] is None:
+            lines.append(f"{head}did not reach the base's best {on} (reached in "
+                         f"{s['reached']}/{s['num_seeds']} seeds)")
+            continue
+        lines.append(
+            f"{head}reached the base's best {on} in {s['epochs_ratio']:.2f}x its epochs and "
+            f"{fmt(s['time_ratio_with_compile'], '.2f')}x its time, compile included "
+            f"({fmt(s['time_ratio'], '.2f')}x training alone; compile {s['compile_time']:.1f} s "
+            f"vs {base['compile_time']:.1f} s)")
+    return lines
 
 
 # ---------------------------------------------------------------------------- plots
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,64 +363,102 @@ def _pyplot():
     return plt
 
 
+def setup_title(results) -> str:
+    """One line naming the run's setup: dataset / model / base, rate (tuned or not) / seeds."""
+    config = results.get("config") or {}
+    dataset = (results.get("dataset") or {}).get("name", config.get("dataset", "?"))
+    tuned = "tuned" if results.get("sweep") else "not tuned"
+    return (f"{dataset} / {config.get('model', '?')} / {config.get('optimizer', '?')} "
+            f"lr {_base_rate(results)} "
+            f"({config.get('schedule', 'constant')}, {tuned}) / "
+            f"{len(results.get('seeds', []))} seed(s)")
+
+
 class _Figures:
-    """Shared drawing of :func:`save_plots`: one colour per row, min-max bands."""
+    """Shared drawing of :func:`save_plots`: one colour per row, medians over seeds with
+    a min-max band, the setup in every title."""
 
     def __init__(self, results, output_dir):
-        self.plt = _pyplot()
+        self.plt = pyplot()
         self.results, self.output_dir = results, output_dir
         self.colors = {n: f"C{i % 10}" for i, n in enumerate(results["names"])}
         targets = [r.get("target") for r in results["runs"]["base"]]
         known = [t for t in targets if t is not None]
         self.target = median_or_none(known) if known else None
         self.target_on = results.get("target") or "train_loss"
+        self.summary = results.get("summary") or {}
+        self.setup = setup_title(results)
         self.paths = []
 
-    def band(self, ax, x, curves, name):
+    def band(self, ax, x, curves, name, label=None):
         y = np.stack([loss_array(c) for c in curves])
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            mean, lo, hi = np.nanmean(y, 0), np.nanmin(y, 0), np.nanmax(y, 0)
-        ax.plot(x, mean, color=self.colors[name], label=name)
+            mid, lo, hi = np.nanmedian(y, 0), np.nanmin(y, 0), np.nanmax(y, 0)
+        ax.plot(x, mid, color=self.colors[name], label=label or name)
         ax.fill_between(x, lo, hi, color=self.colors[name], alpha=0.2, linewidth=0)
 
+    def title(self, ax, what):
+        ax.set_title(f"{what}\n{self.setup}", fontsize=9)
+
     def save(self, fig, fname):
-        fig.tight_layout()
-        path = os.path.join(self.output_dir, fname)
-        fig.savefig(path, dpi=110)
-        self.plt.close(fig)
-        self.paths.append(path)
+        self.paths.append(save_figure(fig, os.path.join(self.output_dir, fname)))
+
+    def reached(self, name, x):
+        """Where row ``name`` reaches the target on the ``x`` axis (median over seeds):
+        ``(position, label text)`` or ``None``."""
+        s = self.summary.get(name) or {}
+        if x == "time":
+            at, ratio = s.get("time_to_target_with_compile"), s.get("time_ratio_with_compile")
+            return None if at is None else (at, f"{at:.1f} s" + (
+                "" if name == "base" or ratio is None else f", {ratio:.2f}x"))
+        at, ratio = s.get("epochs_to_target"), s.get("epochs_ratio")
+        return None if at is None else (at, f"epoch {at:g}" + (
+            "" if name == "base" or ratio is None else f", {ratio:.2f}x"))
 
     def curves(self, fname, key, xlabel, ylabel, *, x="epoch", log=True, names=None,
-               title=None):
+               what=None):
         runs = self.results["runs"]
-        fig, ax = self.plt.subplots(figsize=(6.4, 4.2))
+        fig, ax = self.plt.subplots(figsize=(7.0, 4.6))
+        marks = key == self.target_on and self.target is not None
         for name in names or self.results["names"]:
             curves = [[d.get(key) for d in r["diagnostics"]] if key not in r else r[key]
                       for r in runs[name]]
-            xs = (np.mean([np.cumsum(r["epoch_time"]) for r in runs[name]], 0)
-                  if x == "time" else np.arange(1, len(curves[0]) + 1))
-            self.band(ax, xs, curves, name)
-        if self.target is not None and key == self.target_on:
-            ax.axhline(self.target, color="k", ls=":", lw=1, label="base best (median)")
+            if x == "time":   # the row's compilation, then its training
+                compile_s = self.results["info"][name]["compile_time"]
+                xs = compile_s + np.median([np.cumsum(r["epoch_time"]) for r in runs[name]], 0)
+            else:
+                xs = np.arange(1, len(curves[0]) + 1)
+            hit = self.reached(name, x) if marks else None
+            self.band(ax, xs, curves, name,
+                      label=None if hit is None else f"{name} (target at {hit[1]})")
+            if hit is not None:
+                ax.axvline(hit[0], color=self.colors[name], ls="--", lw=0.9, alpha=0.8)
+        if marks:
+            ax.axhline(self.target, color="k", ls=":", lw=1,
+                       label="target: base's best (median)")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
         n = len(self.results["seeds"])
-        ax.set_title(title or f"{ylabel}: mean, band = min-max over {n} seed(s)",
-                     fontsize=None if title is None else 8)
+        self.title(ax, what or (f"{ylabel}: median over {n} seed(s), band = min-max"
+                                + ("; dashed: where each row reaches the target" if marks
+                                   else "")))
         self.save(fig, fname)
 
     def eigenvalues(self, names):
         plt = self.plt
-        fig, axes = plt.subplots(2, len(names), figsize=(4.6 * len(names), 8.2), squeeze=False)
+        fig, axes = plt.subplots(2, len(names), figsize=(4.4 * len(names) + 1.2, 8.4),
+                                 squeeze=False, layout="constrained")
         theta = np.linspace(0, 2 * np.pi, 200)
         cmap = plt.get_cmap("viridis")
+        epochs = 1
         for j, name in enumerate(names):
             diags = self.results["runs"][name][0]["diagnostics"]
+            epochs = max(epochs, len(diags))
             ax, ax2 = axes[0, j], axes[1, j]
             ax.plot(np.cos(theta), np.sin(theta), "k-", lw=0.8)
             ax.plot(0.99 * np.cos(theta), 0.99 * np.sin(theta), "k:", lw=0.6)
@@ -333,19 +469,30 @@ class _Figures:
                     ax.scatter(eig[:, 0], eig[:, 1], color=c, s=14)
                     ax2.scatter(np.full(len(eig), e + 1), np.hypot(eig[:, 0], eig[:, 1]),
                                 color=c, s=10)
-            sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, max(len(diags), 1)))
-            fig.colorbar(sm, ax=ax, label="epoch")
             ax.set_aspect("equal")
             ax.set_xlim(-1.15, 1.15)
             ax.set_ylim(-1.15, 1.15)
-            ax.set_title(f"{name}: DMD eigenvalues (seed {self.results['seeds'][0]})")
+            ax.set_title(f"{name} (seed {self.results['seeds'][0]})")
             ax.set_xlabel("Re")
             ax.set_ylabel("Im")
             ax2.axhline(1.0, color="k", lw=0.8)
             ax2.set_xlabel("epoch")
             ax2.set_ylabel("|eigenvalue|")
             ax2.grid(alpha=0.3)
+        # One colour bar for every panel, right of them: it overlaps no title.
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, epochs))
+        fig.colorbar(sm, ax=axes.ravel().tolist(), label="epoch", shrink=0.6)
+        fig.suptitle(f"DMD eigenvalues after each epoch\n{self.setup}", fontsize=10)
         self.save(fig, "eigenvalues.png")
+
+
+def save_figure(fig, path: str, *, dpi: int = 110) -> str:
+    """Lays out (unless the figure has its own layout engine), writes and closes ``fig``."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
 
 
 def _rows_with(results, key):
@@ -356,15 +503,18 @@ def _rows_with(results, key):
 def save_plots(results, output_dir, *, task="classification") -> list[str]:
     """Writes the PNG plots into ``output_dir``; returns their paths.
 
-    ``loss_vs_epoch.png``, ``loss_vs_time.png``, ``test_metric.png``,
+    ``loss_vs_epoch.png`` and ``loss_vs_time.png`` (the wall time a user waits:
+    each row's curve starts after its compilation), with a dashed line where
+    each row reaches the target (median over seeds), ``test_metric.png``,
     ``test_loss_vs_epoch.png`` when the target is on the test (validation) loss
     (and the test metric is an accuracy), and where a row has them
-    ``eigenvalues.png`` (KGA), ``accepted_ratio.png`` (PDT and the prediction
-    baselines) and ``masked_fraction.png`` (KGA masks).
+    ``eigenvalues.png`` (KGA, PDT), ``accepted_ratio.png`` (PDT and the
+    prediction baselines) and ``masked_fraction.png`` (KGA masks). Curves are
+    medians over seeds with a min-max band; every title names the setup.
     """
     figs = _Figures(results, output_dir)
     figs.curves("loss_vs_epoch.png", "train_loss", "epoch", "train loss")
-    figs.curves("loss_vs_time.png", "train_loss", "training wall time (s, compile excluded)",
+    figs.curves("loss_vs_time.png", "train_loss", "wall time (s), compilation included",
                 "train loss", x="time")
     if task in ("classification", "language_model"):
         figs.curves("test_metric.png", "test_acc", "epoch", "test accuracy", log=False)
@@ -375,38 +525,63 @@ def save_plots(results, output_dir, *, task="classification") -> list[str]:
     with_eigs = _rows_with(results, "eigenvalues")
     if with_eigs:
         figs.eigenvalues(with_eigs)
-    for key, label, title in [
+    for key, label, what in [
             ("accepted_ratio", "accepted ratio",
-             "PDT / dogra / tano: fraction of the weights whose prediction was accepted "
-             "(last jump)"),
+             "fraction of the weights whose prediction was accepted (last jump)"),
             ("masked_fraction", "masked fraction",
-             "KGA masks: fraction of the weights excluded from acceleration")]:
+             "fraction of the weights the mask excluded from acceleration")]:
         rows = _rows_with(results, key)
         if rows:
-            figs.curves(f"{key}.png", key, "epoch", label, log=False, names=rows, title=title)
+            figs.curves(f"{key}.png", key, "epoch", label, log=False, names=rows,
+                        what=f"{', '.join(rows)}: {what} (median, min-max band)")
     return figs.paths
 
 
 # ------------------------------------------------------------------------------ JSON
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def environment() -> dict[str, Any]:
-    """Versions and machine of this run."""
+    """Versions, device and machine of this run (recorded beside every result).
+
+    ``platform`` is the JAX device platform (``'cpu'``, ``'gpu'``), ``os`` the
+    operating system's :func:`platform.platform`.
+    """
     import jax
+    import optax
 
     import koopax
 
-    return dict(jax=jax.__version__, koopax=koopax.__version__, backend=jax.default_backend(),
-                devices=[str(d) for d in jax.devices()], cpu_count=os.cpu_count(),
-                python=platform.python_version(), platform=platform.platform())
+    device = jax.devices()[0]
+    try:
+        cpus_available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus_available = None
+    return {
+        "jax": jax.__version__, "jaxlib": _version("jaxlib"), "optax": optax.__version__,
+        "flax": _version("flax"), "koopax": koopax.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "platform": device.platform,
+        "backend": jax.default_backend(), "device_kind": device.device_kind,
+        "device_count": jax.device_count(), "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(), "cpus_available": cpus_available,
+        "machine": platform.machine(), "system": platform.system(), "os": platform.platform(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def sanitize(obj):
-    """JSON-safe copy: numpy scalars/arrays to Python, NaN/inf to ``None``."""
-    if isinstance(obj, dict):
+    """JSON-safe copy: numpy and JAX scalars and arrays to Python, NaN/inf to ``None``."""
+    if isinstance(obj, Mapping):
         return {str(k): sanitize(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [sanitize(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return sanitize(obj.tolist())
+    if isinstance(obj, np.ndarray) or type(obj).__module__.startswith("jax"):
+        return sanitize(np.asarray(obj).tolist())
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -415,3 +590,20 @@ def sanitize(obj):
         obj = float(obj)
         return obj if math.isfinite(obj) else None
     return obj
+
+
+def write_json(path: str, data, *, indent: int = 1) -> str:
+    """Writes :func:`sanitize` of ``data`` to ``path`` (making its directory); returns it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(sanitize(data), f, indent=indent, allow_nan=False)
+        f.write("\n")
+    return path
+
+
+def write_text(path: str, text: str) -> str:
+    """Writes ``text`` (ending in one newline) to ``path``; returns it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    return path

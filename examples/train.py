@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -173,8 +173,8 @@ class Config:
         stray = sorted(set(self.options) - set(self.methods))
         if stray:
             raise ValueError(f"options: methods {stray} are not in methods {list(self.methods)}.")
-        for name, opts in self.options.items():
-            registry.options_for(name, opts)
+        for name in self.methods:   # unknown options, missing required ones
+            registry.options_for(name, self.options.get(name))
         for f in self.base_lr_factors:
             registry.check_positive(f, "base_lr_factors")
             if f == 1.0:
@@ -684,10 +684,24 @@ def _finite_or_none(x):
     return x if np.isfinite(x) else None
 
 
+def _terminal() -> bool:
+    """Whether progress goes to a terminal (tqdm's stream, stderr)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def _progress(config, **kwargs):
+    """A tqdm bar on a terminal only: in a log file its carriage returns would make one
+    line of every update (a non-terminal gets :func:`_log` lines instead)."""
     from tqdm.auto import tqdm
 
-    return tqdm(disable=not config.progress, **kwargs)
+    return tqdm(disable=not (config.progress and _terminal()), **kwargs)
+
+
+def _log(config, text: str) -> None:
+    """A progress line where there is no bar (``config.progress`` and not a terminal)."""
+    if config.progress and not _terminal():
+        print(text, flush=True)
 
 
 def _rows(config) -> dict[str, dict[str, Any]]:
@@ -728,6 +742,8 @@ def _runners(config, data, make_model, first, measure=True):
         runners[name] = runner
         info[name] = dict(compile_time=compile_s, flops_per_step=flops,
                           learning_rate=row["learning_rate"], optimizer=row["optimizer"])
+    _log(config, "compiled " + ", ".join(f"{n} ({i['compile_time']:.1f} s)"
+                                          for n, i in info.items()))
     return runners, info
 
 
@@ -747,6 +763,7 @@ def _train(config: Config, data, make_model, measure=True) -> dict[str, Any]:
     runs = {name: [] for name in names}
     bar = _progress(config, total=len(seeds) * config.epochs * len(names), desc="train",
                     unit="epoch")
+    t_start = time.perf_counter()
     for seed in seeds:
         task = model_task(make_model(seed), kind, steps=steps, seed=seed)
         curves = {}
@@ -772,6 +789,8 @@ def _train(config: Config, data, make_model, measure=True) -> dict[str, Any]:
                 bar.update(1)
         for name in names:
             runs[name].append(curves[name])
+        _log(config, f"seed {seed}: {config.epochs} epochs of {len(names)} rows trained "
+                     f"({time.perf_counter() - t_start:.1f} s since the first seed)")
     bar.close()
     return dict(names=names, seeds=seeds, steps_per_epoch=steps, info=info, runs=runs,
                 target=config.target)
@@ -819,6 +838,5 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
             results["plots"] = report.save_plots(results, workdir, task=kind)
     results["total_wall_time"] = time.perf_counter() - t_start
     if workdir is not None:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(report.sanitize(results), f, indent=1, allow_nan=False)
+        report.write_json(os.path.join(workdir, "results.json"), results)
     return results

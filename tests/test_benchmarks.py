@@ -15,7 +15,7 @@ import os
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, memory, overhead
+from benchmarks import cli, common, memory, overhead
 
 
 def _numbers_named(obj, predicate, path=""):
@@ -230,15 +230,14 @@ def test_memory_rejects_bad_arguments(capsys):
 
 # ----------------------------------------------------------------------------- helpers
 def test_common_runner_is_the_harness_runner_and_times_blocks():
-    import koopax
     from examples import train
 
     assert common.Runner is train.Runner and common.Task is train.Task
     task = common.quadratic_task((8, 8, 10), steps=3)
-    sgd = common.base_optimizer("sgd")
-    kga = koopax.kga(1.0, num_snapshots=3, snapshot_every=3)
-    runners = {"base": common.Runner(task, common.with_method(sgd), "base"),
-               "kga": common.Runner(task, common.with_method(sgd, kga), "kga")}
+    kga = dict(alpha=1.0, num_snapshots=3)
+    runners = {"base": common.Runner(task, common.optimizer("sgd", None, "base", None, 3),
+                                     "base"),
+               "kga": common.Runner(task, common.optimizer("sgd", None, "kga", kga, 3), "kga")}
     runners["kga"].warm_up(4)
     times = common.time_interleaved(runners, 2)
     assert all(len(v) == 2 and all(t > 0 for t in v) for v in times.values())
@@ -291,3 +290,21 @@ def test_pdt_jump_measures_a_predicting_epoch(tmp_path):
     assert set(row["seconds"]) == {"sgd", "pdt_no_prediction", "pdt_jump", "pass"}
     assert all(v > 0 and math.isfinite(v) for v in row["seconds"].values())
     assert json.loads((tmp_path / "pdt_jump.json").read_text())[0]["num_params"] == 4 * 4 * 1024
+
+
+def test_one_command_runs_every_benchmark(tmp_path, capsys):
+    from benchmarks import __main__ as suite
+
+    listing = cli.listing()
+    assert all(name in listing for name in cli.NAMES)
+    args = cli.parse_args("depth", ["--quick", "--depths", "2,3"])
+    assert args.depths == [2, 3] and args.seeds == 5 and args.rerun is False
+    assert args.output_dir.startswith(os.path.join("runs", "benchmarks_quick"))
+    assert cli.parse_args("pdt_jump", ["--quick"]).params == [100000]
+    with pytest.raises(ValueError, match="declares no BENCHMARK"):
+        cli.get("convergence")   # parses its own arguments behind the same command
+    suite.main(["goals", "--results-dir", str(tmp_path)])
+    assert "not measured" in (tmp_path / "goals.md").read_text()
+    with pytest.raises(SystemExit):
+        cli.parse_args("depth", ["--depths", "0"])
+    assert "--depths: cannot read '0'" in capsys.readouterr().err

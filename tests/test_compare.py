@@ -20,7 +20,8 @@ pytest.importorskip("matplotlib")
 pytest.importorskip("tqdm")
 
 import koopax  # noqa: E402
-from examples import compare, methods, report, train, tune  # noqa: E402
+from examples import cli, compare, methods, report, train, tune  # noqa: E402
+from examples.digits_mlp.configs import default as digits_mlp_config  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,6 +102,15 @@ def test_summarize_medians_paired_ratios_and_not_reached():
     line = next(l for l in table.splitlines() if l.startswith("never"))
     assert "not reached (0/3)" in line
     assert "2 (2/3)" in next(l for l in table.splitlines() if l.startswith("fast"))
+    # One verdict line per method, against the (here untuned) base, compile included:
+    # fast reaches in (1 + 4) s vs the base's (1 + 4) s; never does not reach it.
+    results.update(summary=summary, config=dict(optimizer="sgd", learning_rate=0.5))
+    lines = report.verdict_lines(results)
+    assert "sgd at lr 0.5 (constant; not tuned" in lines[0] and "3 seed(s)" in lines[0]
+    assert len(lines) == 3
+    assert ("fast   reached the base's best train loss in 0.50x its epochs and 1.00x its "
+            "time, compile included") in lines[1]
+    assert "never  did not reach the base's best train loss (reached in 0/3 seeds)" in lines[2]
 
 
 def test_median_counts_misses_as_infinitely_late():
@@ -167,7 +177,9 @@ def test_sweep_score_and_tune_learning_rate():
 def test_build_optimizer_registry_and_value_kwarg():
     params = {"w": jnp.ones(3)}
     for name in ["base"] + sorted(methods.METHODS):
-        tx = methods.build_optimizer(name, optax.sgd(0.1), None, 4)
+        # The masks without a default threshold (kga_norm, kga_delta) need it given.
+        required = {k: 0.01 for k in getattr(methods.METHODS.get(name), "required", ())}
+        tx = methods.build_optimizer(name, optax.sgd(0.1), required or None, 4)
         # Traced only (no compilation): every entry builds and accepts value=.
         updates, _ = jax.eval_shape(
             lambda p, tx=tx: tx.update(p, tx.init(p), p, value=jnp.float32(1.0)), params)
@@ -176,6 +188,8 @@ def test_build_optimizer_registry_and_value_kwarg():
         methods.build_optimizer("nope", optax.sgd(0.1), {}, 4)
     with pytest.raises(ValueError, match="steps_per_epoch"):
         methods.build_optimizer("kga", optax.sgd(0.1), {}, 0)
+    with pytest.raises(ValueError, match="kga_norm: needs the option 'norm_threshold'"):
+        methods.build_optimizer("kga_norm", optax.sgd(0.1), None, 4)
 
 
 def test_options_are_scoped_and_unknown_keys_name_the_method():
@@ -334,6 +348,11 @@ def test_quick_run_writes_json_plots_and_table(tmp_path, capsys):
                             "--base-lr-factors", "0.5,2", "--output-dir", str(out)])
     printed = capsys.readouterr().out
     assert "method" in printed and "epochs->tgt" in printed and "accepted:" in printed
+    assert "\r" not in printed   # no progress bar where stdout is not a terminal
+    verdicts = [l.strip() for l in printed.splitlines() if l.startswith("  kga") or
+                l.startswith("  pdt")]
+    assert len(verdicts) == 2 and all("compile included" in l or "did not reach" in l
+                                      for l in verdicts)
     names = results["names"]
     assert names == ["base", train.base_lr_name(0.5), train.base_lr_name(2), "kga", "pdt"]
     for name in names:
@@ -372,7 +391,20 @@ def test_quick_flag_and_defaults():
     _, config = compare.parse_args(["--quick"])
     assert config.epochs == 1 and config.seeds == 1 and config.size == "tiny"
     _, config = compare.parse_args([])
-    assert config == train.Config()
+    assert config == train.Config() == digits_mlp_config.get_config()
+
+
+@pytest.mark.parametrize("task", ["digits_mlp", "char_lm", "vit_digits"])
+def test_example_configs_are_the_cli_defaults(task):
+    # examples/<task>/: configs/default.get_config() is what main() runs unless flags change it.
+    import importlib
+
+    config = importlib.import_module(f"examples.{task}.configs.default").get_config()
+    assert callable(importlib.import_module(f"examples.{task}.main").main)
+    args, parsed = cli.parse_args([], config, workdir="runs/x")
+    assert parsed == config and args.workdir == "runs/x"
+    _, parsed = cli.parse_args(["--epochs", "2", "--kga.alpha=0.5"], config)
+    assert parsed == config.replace(epochs=2, options={"kga": {"alpha": 0.5}})
 
 
 def test_default_clock_falls_back_to_steps_without_a_rate_but_explicit_rate_raises():

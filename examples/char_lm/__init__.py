@@ -1,0 +1,1 @@
+"""A character-level transformer language model, AdamW + warmup-cosine vs AdamW + koopax."""

@@ -1,0 +1,1 @@
+"""Configurations of :mod:`examples.char_lm` (``get_config()`` per module)."""

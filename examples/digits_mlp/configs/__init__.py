@@ -1,0 +1,1 @@
+"""Configurations of :mod:`examples.digits_mlp` (``get_config()`` per module)."""

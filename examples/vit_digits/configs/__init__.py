@@ -1,0 +1,1 @@
+"""Configurations of :mod:`examples.vit_digits` (``get_config()`` per module)."""
