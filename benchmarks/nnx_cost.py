@@ -7,6 +7,7 @@ transformation (the base alone, ``chain(base, koopax.kga())``,
 
 * ``nnx``: ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` and an ``nnx.jit`` step
   calling ``optimizer.update(model, grads, value=loss)``;
+* ``nnx_cached``: the same step through ``nnx.cached_partial(step, model, optimizer)``;
 * ``jit``: the same model split once (``nnx.split``), a ``jax.jit`` step on
   ``(params, opt_state)`` with donated buffers.
 
@@ -15,13 +16,14 @@ of JAX itself), the median step time over interleaved epochs (every variant
 runs one epoch per round, in turn), both as ratios to the base on the same
 path, and the optimizer state's leaf count.
 
-Run ``python -m benchmarks.nnx_cost`` (``--rounds``, ``--json``).
+Run ``python -m benchmarks nnx_cost`` (``--rounds``; writes ``nnx_cost.json``).
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
+import os
 import statistics
 import time
 
@@ -32,6 +34,7 @@ import optax
 from flax import nnx
 
 import koopax
+from benchmarks import cli
 from examples.datasets import load_dataset
 
 BATCH = 64
@@ -64,7 +67,9 @@ def transformations(steps_per_epoch: int) -> dict:
     }
 
 
-def nnx_runner(make_tx):
+def nnx_runner(make_tx, cached: bool = False):
+    """The ``nnx.Optimizer`` path; ``cached``: through ``nnx.cached_partial`` (the
+    graph is traversed once, not at every call)."""
     model = SmallCNN(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, make_tx(), wrt=nnx.Param)
 
@@ -75,6 +80,8 @@ def nnx_runner(make_tx):
         return loss
 
     leaves = len(jax.tree.leaves(nnx.state(optimizer.opt_state)))
+    if cached:
+        return nnx.cached_partial(step, model, optimizer), leaves
     return (lambda x, y: step(model, optimizer, x, y)), leaves
 
 
@@ -98,22 +105,8 @@ def jit_runner(make_tx):
     return run, len(jax.tree.leaves(carry[1]))
 
 
-def cached_runner(make_tx):
-    """The nnx path with ``nnx.cached_partial``: the graph is traversed once."""
-    model = SmallCNN(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, make_tx(), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, x, y):
-        loss, grads = nnx.value_and_grad(_loss)(model, x, y)
-        optimizer.update(model, grads, value=loss)
-        return loss
-
-    leaves = len(jax.tree.leaves(nnx.state(optimizer.opt_state)))
-    return nnx.cached_partial(step, model, optimizer), leaves
-
-
-PATHS = {"nnx": nnx_runner, "nnx_cached": cached_runner, "jit": jit_runner}
+PATHS = {"nnx": nnx_runner, "nnx_cached": functools.partial(nnx_runner, cached=True),
+         "jit": jit_runner}
 
 
 def measure(rounds: int) -> dict:
@@ -169,19 +162,26 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=15, help="interleaved epochs per variant")
-    p.add_argument("--json", default=None, help="write the result here")
-    args = p.parse_args(argv)
-    if args.rounds < 1:
-        p.error("--rounds must be >= 1")
+def run(args) -> dict:
     result = measure(args.rounds)
     print(table(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+    os.makedirs(args.output_dir, exist_ok=True)
+    path = os.path.join(args.output_dir, "nnx_cost.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
     return result
+
+
+BENCHMARK = cli.Benchmark(
+    "nnx_cost", run, description=__doc__.splitlines()[0], epilog=__doc__, options=(
+        cli.Option("--rounds", 15, "interleaved epochs per variant", type=cli.positive_int,
+                   quick=2),
+    ))
+
+
+def main(argv=None) -> dict:
+    return cli.main(BENCHMARK, argv)
 
 
 if __name__ == "__main__":

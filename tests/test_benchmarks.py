@@ -308,3 +308,16 @@ def test_one_command_runs_every_benchmark(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.parse_args("depth", ["--depths", "0"])
     assert "--depths: cannot read '0'" in capsys.readouterr().err
+
+
+def test_nnx_cost_declares_its_rounds_and_tabulates_ratios():
+    from benchmarks import nnx_cost
+
+    assert cli.parse_args("nnx_cost", ["--quick"]).rounds == 2
+    assert cli.parse_args("nnx_cost", []).rounds == 15
+    row = dict(path="nnx_cached", method="kga", step_ms=2.0, step_ratio=1.5,
+               step_ratio_range=[1.25, 1.75], compile_s=3.0, compile_ratio=4.0, state_leaves=56)
+    assert ("| nnx_cached | kga | 2.00 | 1.50 [1.25-1.75] | 3.00 | 4.00 | 56 |"
+            in nnx_cost.table({"rows": [row]}))
+    assert set(nnx_cost.PATHS) == {"nnx", "nnx_cached", "jit"}
+    assert set(nnx_cost.transformations(4)) == {"base", "kga", "pdt"}
