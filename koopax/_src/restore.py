@@ -17,23 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-class _Pair:
-    """Two values returned from one ``tree.map`` leaf function (itself a leaf)."""
-
-    def __init__(self, first, second):
-        self.first, self.second = first, second
-
-
-def unzip(tree):
-    """Splits a tree of :class:`_Pair` into two trees."""
-    is_pair = lambda x: isinstance(x, _Pair)
-    return (jax.tree.map(lambda t: t.first, tree, is_leaf=is_pair),
-            jax.tree.map(lambda t: t.second, tree, is_leaf=is_pair))
-
-
-def pair(first, second) -> _Pair:
-    return _Pair(first, second)
+from koopax._src.tree_math import pair, unzip
 
 
 def _same_bits(a, b):
@@ -67,7 +51,7 @@ def restore_updates(params, saved, updates):
         step = (s.astype(ct) - p.astype(ct)).astype(u.dtype)
         land = jnp.asarray(p + step).astype(p.dtype)      # what apply_updates does
         ok = _same_bits(land, s)
-        return _Pair(jnp.where(ok, step, (-p).astype(u.dtype)), jnp.all(ok))
+        return pair(jnp.where(ok, step, (-p).astype(u.dtype)), jnp.all(ok))
 
     new, oks = unzip(jax.tree.map(leaf, params, saved, updates))
     oks = jax.tree.leaves(oks)

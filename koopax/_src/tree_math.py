@@ -26,6 +26,31 @@ import numpy as np
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+class _Pair:
+    """Two values returned from one ``tree.map`` leaf function (itself a leaf)."""
+
+    def __init__(self, first, second):
+        self.first, self.second = first, second
+
+
+def unzip(tree):
+    """Splits a tree of :func:`pair` values into two trees (the firsts, the seconds).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src.tree_math import pair, unzip
+      >>> unzip({"a": pair(1, 2), "b": pair(3, 4)})
+      ({'a': 1, 'b': 3}, {'a': 2, 'b': 4})
+    """
+    is_pair = lambda x: isinstance(x, _Pair)
+    return (jax.tree.map(lambda t: t.first, tree, is_leaf=is_pair),
+            jax.tree.map(lambda t: t.second, tree, is_leaf=is_pair))
+
+
+def pair(first, second) -> _Pair:
+    return _Pair(first, second)
+
+
 def accumulation_dtype(dtype) -> jnp.dtype:
     """The dtype koopax accumulates inner products in: at least float32.
 

@@ -155,11 +155,9 @@ class BasisVariant:
             coordinates=jnp.zeros((self.window_size, self.size), jnp.float32),
             num_snapshots=jnp.zeros((), jnp.int32))
 
-    def snapshot(self, store):
-        """The newest recorded snapshot (parameter dtypes): what a rollback restores."""
-        return store.last
-
     def reference(self, store):
+        """The newest recorded snapshot (parameter dtypes): what the parameters are
+        checked against, and what a rollback restores."""
         return store.last
 
     def record(self, store, params, ok):

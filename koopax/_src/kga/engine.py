@@ -65,7 +65,7 @@ class Columns(Protocol):
     snapshot_dtype: Any    # dtype of the stored columns (None: the parameters')
 
     def init(self, params) -> Any: ...
-    def reference(self, store) -> Any: ...
+    def reference(self, store) -> Any: ...   # the newest snapshot (rollback target)
     def record(self, store, params, ok) -> tuple[Any, Push]: ...
     def ready(self, store) -> jax.Array: ...
     def dmd_grams(self, store, blocks: Blocks) -> jax.Array: ...
@@ -75,7 +75,6 @@ class Columns(Protocol):
     def combine(self, store, coefficients, like) -> Any: ...
     def num_features(self, params, blocks: Blocks) -> tuple: ...
     def decide(self, store, params) -> tuple[Any, jax.Array] | None: ...
-    def snapshot(self, store) -> Any: ...
 
 
 class KGAState(NamedTuple):
@@ -98,9 +97,9 @@ class KGAState(NamedTuple):
       rollback: :class:`koopax.KGARollback` (``()`` with ``rollback=False``).
       num_refreshes: int32 successful DMD refreshes.
       num_nonfinite: int32 events where a non-finite snapshot, DMD or
-        correction was rejected (the base update was used instead); with
-        ``increment``, also every non-finite base update (passed through
-        unchanged; the other strategies reject its correction).
+        correction was rejected (the base update was used instead); a
+        non-finite base update shows as the non-finite snapshot after it
+        (also when that snapshot step rolls back).
       num_clipped: int32 corrections the per-leaf bound scaled down.
     """
 
@@ -223,8 +222,7 @@ def _snapshot(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, 
         state, _ = maybe_apply(
             ok, lambda c: (_record(cfg, columns, blocks, *c, True, ahead), c[1]),
             (state, params))
-    return state._replace(
-        num_nonfinite=state.num_nonfinite + (allowed & ~finite).astype(jnp.int32))
+    return state._replace(num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32))
 
 
 def _guarded_snapshot(cfg, columns, blocks, state: KGAState, params, ahead):
@@ -237,8 +235,7 @@ def _guarded_snapshot(cfg, columns, blocks, state: KGAState, params, ahead):
     rb = state.rollback
     roll, valve = safety.verdict(state.valve, rb)
     restore = roll | rb.restoring
-    saved = columns.snapshot(state.columns)
-    step, done = restore_updates(params, saved, jax.tree.map(jnp.zeros_like, params))
+    step, done = restore_updates(params, columns.reference(state.columns), params)
     state = _snapshot(cfg, columns, blocks, state._replace(valve=valve), params, ahead,
                       allowed=~restore)
     if cfg.strategy == "increment":   # the correction just made, or none
@@ -312,7 +309,7 @@ def _apply(cfg, columns, blocks, state: KGAState, updates, take, params):
         state, corrected = correct_target(cfg, columns, blocks, state, updates, updates, ready)
     if not cfg.rollback:
         return state, corrected
-    saved = columns.snapshot(state.columns)
+    saved = columns.reference(state.columns)
     corrected, _ = maybe_apply(
         replace, lambda c: (restore_updates(c[1], saved, c[0])[0], c[1]), (corrected, params))
     return state, corrected
@@ -340,9 +337,6 @@ def _update(cfg: Settings, columns: Columns, updates, state: KGAState, params=No
     # The gate carries the state only: the updates' own fusion is not broken.
     state = maybe_record(take, snapshot, state, params)
     state, corrected = _apply(cfg, columns, blocks, state, updates, take, params)
-    if cfg.strategy == "increment":   # the base's non-finite update passes: count it
-        bad = ~tree_math.tree_all_finite(updates)
-        state = state._replace(num_nonfinite=state.num_nonfinite + bad.astype(jnp.int32))
     if cfg.rollback:          # a restoring update replaces one step's update only
         state = state._replace(rollback=state.rollback._replace(replace=jnp.zeros((), bool)))
     if value is not None:     # a restoring step's loss belongs to no period

@@ -249,11 +249,9 @@ class MaskedVariant:
             masked_fraction=jnp.zeros((), jnp.float32),
             num_mask_updates=jnp.zeros((), jnp.int32))
 
-    def snapshot(self, store):
-        """The newest recorded snapshot (parameter dtypes): what a rollback restores."""
-        return store.window.last
-
     def reference(self, store):
+        """The newest recorded snapshot (parameter dtypes): what the parameters are
+        checked against, and what a rollback restores."""
         return store.window.last
 
     def _transition(self, store):

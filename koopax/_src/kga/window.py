@@ -33,11 +33,11 @@ change of trajectory, as correcting each of them:
   materialise it at every step);
 * any other ``k``: the base updates are summed in one parameter-sized buffer.
 
-A loss-aware safety valve (:mod:`koopax._src.loss_tracking`): with
+A loss-aware safety net (:mod:`koopax._src.kga.safety`): with
 ``tx.update(..., value=loss)`` each snapshot period's mean loss is compared
-with the previous one; a rise beyond twice the noise halves ``alpha`` (counted
-in ``valve.num_backoffs``), calm periods restore it by 1.25x up to ``alpha``.
-Without ``value`` nothing changes.
+with the reference period's; after a rise beyond twice the noise the
+correction is rolled back and the gain halved (``valve.num_backoffs``), and
+calm periods restore it by 1.25x up to a ceiling below the level that failed.
 
 The defaults (``alpha = 2``, ``h = 6``, the newest increment once per
 snapshot, ``rank='svht'``: the one or two dominant slow modes) come from a
@@ -84,11 +84,9 @@ class WindowColumns:
     def init(self, params):
         return snapshots.init_ring(params, self.window_size, self.snapshot_dtype)
 
-    def snapshot(self, ring):
-        """The newest recorded snapshot (parameter dtypes): what a rollback restores."""
-        return ring.last
-
     def reference(self, ring):
+        """The newest recorded snapshot (parameter dtypes): what the parameters are
+        checked against, and what a rollback restores."""
         return ring.last
 
     def record(self, ring, params, ok):

@@ -247,7 +247,6 @@ def _record(state: PDTState, params) -> PDTState:
 def _training_step(cfg: Config, updates, state: PDTState, params, value):
     """A training step: snapshot on an epoch's first step, verdict/jump on its last."""
     due = cfg.clock.due(state.steps, state.clock)
-    record = due
     state = state._replace(schedule=state.schedule._replace(
         snapshot_fresh=jnp.where(due, False, state.schedule.snapshot_fresh)))
     if value is not None:
@@ -258,11 +257,11 @@ def _training_step(cfg: Config, updates, state: PDTState, params, value):
         # One gated region per step: two in sequence, each carrying the window,
         # made XLA copy the window between them on every step.
         u, s = carry
-        s = maybe_record(record, _record, s, p)
+        s = maybe_record(due, _record, s, p)
         return maybe_record(
             end, lambda c, p_: _epoch_end(cfg, c[0], c[1], p_, value is not None), (u, s), p)
 
-    updates, state = maybe_record(record | end, boundary, (updates, state), params)
+    updates, state = maybe_record(due | end, boundary, (updates, state), params)
     return updates, state._replace(
         count=optax.safe_increment(state.count), steps=optax.safe_increment(state.steps),
         clock=cfg.clock.advance(state.steps, state.clock, due))

@@ -22,7 +22,6 @@ from koopax._src.pdt.rollback import IgnoreRises, Rollback
 FIT_ON = ("optimizer", "assembled")
 
 
-
 def _check(ok, name, what, value):
     if not ok:
         raise validation.ArgumentError(f"{name} must be {what}; got {value!r}.")

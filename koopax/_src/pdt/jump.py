@@ -36,7 +36,6 @@ import optax
 
 from koopax._src import prediction, tree_math
 from koopax._src.blocks import Blocks
-from koopax._src.restore import pair, unzip
 
 CRITERIA = ("both", "quantity", "direction", "none")
 
@@ -110,9 +109,9 @@ def jump(cfg: Predictor, blocks: Blocks, updates, window, params, tau):
     def leaf(ref, dd, s):
         acc = tree_math.accumulation_dtype(ref.dtype)
         ref = ref.astype(acc)
-        return pair(cfg.criteria.mask(dd, s.astype(acc) - ref, tau), ref + dd)
+        return tree_math.pair(cfg.criteria.mask(dd, s.astype(acc) - ref, tau), ref + dd)
 
-    mask, target = unzip(jax.tree.map(leaf, window.last, disp, w_sgd))
+    mask, target = tree_math.unzip(jax.tree.map(leaf, window.last, disp, w_sgd))
     target = _bounded(cfg, window.last, target, w_sgd, mask, tau)
     finite = (jnp.all(info.finite) & tree_math.tree_all_finite(target)
               & tree_math.tree_all_finite(w_sgd))
