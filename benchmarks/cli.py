@@ -36,7 +36,7 @@ __all__ = ["Benchmark", "NAMES", "Option", "get", "main", "parse_args"]
 
 #: Every benchmark, ``python -m benchmarks NAME`` (module ``benchmarks.NAME``), in the
 #: order ``--list`` prints them.
-NAMES = ("memory", "overhead", "nnx_cost", "pdt_jump", "peer_pdt", "depth", "kga_defaults",
+NAMES = ("memory", "overhead", "nnx_cost", "devices", "pdt_jump", "peer_pdt", "depth", "kga_defaults",
          "convergence", "workloads", "reproduction", "goals")
 #: The common flags a benchmark may take.
 FLAGS = ("quick", "plots", "progress", "rerun")

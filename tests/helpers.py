@@ -1,7 +1,20 @@
-"""Small test helpers written for koopax (tree comparisons, linear systems)."""
+"""Small test helpers written for koopax (tree comparisons, linear systems, a step)."""
 
 import jax
 import numpy as np
+import optax
+
+
+def value_step(tx, loss):
+    """A jitted ``(params, state, extra=0) -> (params, state)`` step of ``tx`` on
+    ``loss``, passing the loss plus ``extra`` as ``value``."""
+    @jax.jit
+    def step(params, state, extra=0.0):
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, state = tx.update(grads, state, params, value=value + extra)
+        return optax.apply_updates(params, updates), state
+
+    return step
 
 
 def assert_trees_equal(a, b):

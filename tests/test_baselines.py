@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from koopax._src import baselines, prediction, snapshots
+from koopax._src.pdt.factory import PREDICTION_RCOND
 
 
 def _problem():
@@ -47,7 +48,8 @@ def test_dogra_jumps_every_layer_with_its_own_dmd():
                                              jax.tree.leaves(window.slots))):
         alone = window._replace(last=last, slots=slots,
                                 leaf_grams=window.leaf_grams[leaf:leaf + 1])
-        disp, info = prediction.predicted_displacement(alone, 3, rank=2)
+        disp, info = prediction.predicted_displacement(alone, 3, rank=2, rcond=PREDICTION_RCOND,
+                                                     taper=True)
         assert bool(info.finite[0])
         expected.append(last + disp)
     params, state = step(params, state, jnp.float32(0.0))

@@ -321,3 +321,14 @@ def test_nnx_cost_declares_its_rounds_and_tabulates_ratios():
             in nnx_cost.table({"rows": [row]}))
     assert set(nnx_cost.PATHS) == {"nnx", "nnx_cached", "jit"}
     assert set(nnx_cost.transformations(4)) == {"base", "kga", "pdt"}
+
+
+def test_devices_declares_its_steps_and_tabulates_the_gap():
+    from benchmarks import devices
+    assert cli.parse_args("devices", ["--quick"]).steps == 24
+    assert cli.parse_args("devices", []).steps == 100
+    assert {"base", "kga", "pdt", "efficient_kga", "kwm_kga", "dogra", "tano"} <= set(
+        devices.transformations())
+    row = dict(name="pdt", relative_gap=1.5e-6, loss_1=0.397, loss_8=0.397, goal_met=True)
+    assert "| pdt | 1.5e-06 | yes | 0.397 | 0.397 |" in devices.markdown([row], 100)
+

@@ -8,6 +8,7 @@ import pytest
 
 import koopax
 from koopax._src.blocks import make_blocks
+from helpers import value_step
 
 from helpers import assert_trees_close
 
@@ -22,14 +23,7 @@ def loss(p):
 def run(tx, steps=60):
     params = {"a": jnp.ones((3, 4)), "b": -jnp.ones(5)}
     tx = optax.chain(optax.sgd(0.5), tx)
-    state = tx.init(params)
-
-    @jax.jit
-    def step(p, s):
-        value, g = jax.value_and_grad(loss)(p)
-        u, s = tx.update(g, s, p, value=value)
-        return optax.apply_updates(p, u), s
-
+    state, step = tx.init(params), value_step(tx, loss)
     for _ in range(steps):
         params, state = step(params, state)
     return params, state

@@ -73,8 +73,31 @@ class ReducedOperator(NamedTuple):
     rank: jax.Array
 
 
+def floor_taper(singular_values, rcond):
+    """Weights in ``[0, 1]`` that fade singular values out smoothly towards the floor.
+
+    ``f(s) = smoothstep((s / sigma_1 - rcond) / rcond)``: 0 at or below
+    ``rcond * sigma_1``, 1 from ``2 rcond * sigma_1`` up, ``3x^2 - 2x^3`` in
+    between. Used in place of the hard floor by the predictions
+    (:func:`koopax.pdt`), whose output must not jump when a singular value
+    crosses the floor under round-off: with the taper the reduced operator,
+    and everything computed from it, is a continuous function of the Gram
+    matrix, so 8 devices and 1 agree to round-off times a bounded factor
+    (``1 / rcond``) instead of by a whole mode.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src.dmd import floor_taper
+      >>> floor_taper(jnp.array([1.0, 0.3, 0.15, 0.05]), 0.1).round(3).tolist()
+      [1.0, 1.0, 0.5, 0.0]
+    """
+    s = jnp.asarray(singular_values)
+    x = jnp.clip((s / jnp.maximum(s[0], jnp.finfo(s.dtype).tiny) - rcond) / rcond, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 def reduced_operator(gram_xx, gram_xy, *, rank, matrix_shape, num_valid=None, rcond=None,
-                     noise_threshold=None):
+                     noise_threshold=None, taper=False):
     """``A~ = S^{-1} V^T (X^T Y) V S^{-1}`` from ``X^T X`` and ``X^T Y``.
 
     Args:
@@ -86,6 +109,9 @@ def reduced_operator(gram_xx, gram_xy, *, rank, matrix_shape, num_valid=None, rc
       rcond: noise floor relative to ``sigma_1``; default by dtype.
       noise_threshold: the isotropic-noise threshold of the default policy
         (:func:`gram_operator` computes it from the whole window).
+      taper: fade the values between ``rcond`` and ``2 rcond`` times
+        ``sigma_1`` out smoothly (:func:`floor_taper`) instead of cutting at
+        ``rcond``: ``S^{-1}`` becomes ``f(S) S^{-1}``.
     """
     dtype = gram_xx.dtype
     if rcond is None:
@@ -96,12 +122,14 @@ def reduced_operator(gram_xx, gram_xy, *, rank, matrix_shape, num_valid=None, rc
     mask, r = linalg.rank_mask(s, rank=rank, matrix_shape=matrix_shape, num_valid=num_valid,
                                rcond=rcond, noise_threshold=noise_threshold)
     s_inv = jnp.where(mask, 1.0 / jnp.where(mask, s, 1.0), 0.0)
+    if taper:
+        s_inv = s_inv * floor_taper(s, rcond)
     vs = evecs * s_inv[None, :]
     atilde = jnp.matmul(jnp.matmul(vs.T, gram_xy, precision=_HIGHEST), vs, precision=_HIGHEST)
     return ReducedOperator(evecs, jnp.where(mask, s, 0.0), s_inv, atilde, r)
 
 
-def gram_operator(gram, *, rank, num_features: int, num_valid=None, rcond=None):
+def gram_operator(gram, *, rank, num_features: int, num_valid=None, rcond=None, taper=False):
     """The reduced DMD operator of a window of ``m`` snapshots from its ``m x m`` Gram matrix.
 
     ``X`` is the first ``m - 1`` snapshots and ``Y`` the last ``m - 1``, so
@@ -117,6 +145,7 @@ def gram_operator(gram, *, rank, num_features: int, num_valid=None, rcond=None):
       num_features: static ``N``, the size of one snapshot.
       num_valid: meaningful pairs (default all ``m - 1``).
       rcond: noise floor relative to ``sigma_1``; default by dtype.
+      taper: a smooth floor (:func:`reduced_operator`).
 
     Examples:
       >>> import jax.numpy as jnp, koopax
@@ -134,7 +163,7 @@ def gram_operator(gram, *, rank, num_features: int, num_valid=None, rcond=None):
             window, num_rows=num_features, num_valid=None if num_valid is None else num_valid + 1)
     return reduced_operator(gram[:-1, :-1], gram[:-1, 1:], rank=rank,
                             matrix_shape=(num_features, k), num_valid=num_valid, rcond=rcond,
-                            noise_threshold=threshold)
+                            noise_threshold=threshold, taper=taper)
 
 
 class EigenvalueClasses(NamedTuple):

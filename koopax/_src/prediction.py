@@ -119,8 +119,8 @@ def power_sum(matrix, horizon: int, active_horizon=None):
 
 
 def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
-                            rcond=None, active_horizon=None,
-                            num_valid=None) -> PredictionCoefficients:
+                            rcond=None, active_horizon=None, num_valid=None,
+                            taper: bool = False) -> PredictionCoefficients:
     """``c`` such that ``X c`` is the ``tau``-step displacement (module docstring).
 
     Args:
@@ -132,8 +132,13 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
       rcond: Gram noise floor (default by dtype, see :mod:`koopax.dmd`).
       active_horizon: optional traced ``tau <= horizon``.
       num_valid: number of meaningful pairs (default all ``m - 1``).
+      taper: fade singular values between ``rcond`` and ``2 rcond`` times
+        ``sigma_1`` out smoothly instead of cutting at ``rcond``
+        (:func:`koopax._src.dmd.floor_taper`): the coefficients are then a
+        continuous function of ``gram``.
     """
     _validate_horizon(horizon)
+    validation.boolean(taper, "taper")
     linalg.validate_rank(rank)
     if isinstance(num_features, bool) or (isinstance(num_features, numbers.Number)
                                           and not (isinstance(num_features, numbers.Integral)
@@ -145,7 +150,7 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
         raise ValueError(f"gram must be an (m, m) matrix with m >= 2; got {gram.shape}.")
     k = gram.shape[0] - 1
     red = gram_operator(gram, rank=rank, num_features=num_features, num_valid=num_valid,
-                        rcond=rcond)
+                        rcond=rcond, taper=taper)
     vs = red.right_vectors * red.inverse_singular_values[None, :]    # V S^{-1}
     z = jnp.matmul(vs.T, gram[:-1, -1], precision=_HIGHEST)           # U^T d_last
     total = power_sum(red.operator, horizon, active_horizon)          # sum A~^j
@@ -159,12 +164,13 @@ def prediction_coefficients(gram, horizon: int, *, num_features: int, rank=None,
 
 
 def predicted_displacement(window, horizon: int, *, blocks=None, rank=None, rcond=None,
-                           active_horizon=None) -> tuple[Any, PredictionCoefficients]:
+                           active_horizon=None,
+                           taper: bool = False) -> tuple[Any, PredictionCoefficients]:
     """``w_pred - w`` for the newest snapshot ``w = window.last``, ``tau`` ahead.
 
     Args:
       window: a :class:`koopax.RingWindow`.
-      horizon, rank, rcond, active_horizon: as :func:`prediction_coefficients`.
+      horizon, rank, rcond, active_horizon, taper: as :func:`prediction_coefficients`.
       blocks: a ``koopax._src.blocks.Blocks``: one DMD per block of leaves
         (default one for the whole tree).
 
@@ -184,7 +190,7 @@ def predicted_displacement(window, horizon: int, *, blocks=None, rank=None, rcon
 
     def solve(gram, num_features):
         return prediction_coefficients(gram, horizon, num_features=num_features, rank=rank,
-                                       rcond=rcond, active_horizon=active_horizon)
+                                       rcond=rcond, active_horizon=active_horizon, taper=taper)
 
     def empty():     # a block without weights (an empty leaf): nothing to predict
         return PredictionCoefficients(jnp.zeros((m - 1,), jnp.float32),

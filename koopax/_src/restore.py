@@ -9,7 +9,10 @@ elsewhere (``p + (-p)`` is exactly ``+0``); if any weight took the second
 path, a second call returns ``u = s - p'`` with ``p'`` in ``{s, +0}``, which
 is exact. Exactness needs the updates to have at least the parameters'
 precision and the transformation to be last in the chain; ``-0.0`` comes
-back as ``+0.0``. PDT's and KGA's rollbacks both restore this way.
+back as ``+0.0``. PDT's and KGA's rollbacks both restore this way, and both
+always take the second step (a zero update where the first was exact): a
+restoration whose length depended on the rounding of the weights would put
+a run on 8 devices one step out of phase with the same run on 1.
 """
 
 from __future__ import annotations

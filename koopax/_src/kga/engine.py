@@ -235,7 +235,7 @@ def _guarded_snapshot(cfg, columns, blocks, state: KGAState, params, ahead):
     rb = state.rollback
     roll, valve = safety.verdict(state.valve, rb)
     restore = roll | rb.restoring
-    step, done = restore_updates(params, columns.reference(state.columns), params)
+    step, _ = restore_updates(params, columns.reference(state.columns), params)
     state = _snapshot(cfg, columns, blocks, state._replace(valve=valve), params, ahead,
                       allowed=~restore)
     if cfg.strategy == "increment":   # the correction just made, or none
@@ -248,7 +248,7 @@ def _guarded_snapshot(cfg, columns, blocks, state: KGAState, params, ahead):
         active = usable_scale(cfg, state, columns.ready(state.columns))[1]
     return state._replace(rollback=safety.RollbackState(
         pending=jnp.where(restore, False, active), replace=restore,
-        restoring=restore & ~done, num_rollbacks=rb.num_rollbacks + roll.astype(jnp.int32)))
+        restoring=roll, num_rollbacks=rb.num_rollbacks + roll.astype(jnp.int32)))
 
 
 def correct_target(cfg, columns, blocks, state: KGAState, updates, target, ready):

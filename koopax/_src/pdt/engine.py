@@ -155,15 +155,21 @@ def _horizon(cfg: Config, state: PDTState):
 
 
 def _restore(cfg: Config, state: PDTState, updates, window, params):
-    """Updates restoring the saved ``w_sgd``, and the window without the jumped snapshot."""
-    upd, done = restore_updates(params, state.rollback.saved, updates)
+    """Updates restoring the saved ``w_sgd``, and the window without the jumped snapshot.
+
+    The restoration always takes its second step (``koopax._src.restore``),
+    whether or not the first was already exact: how many steps it takes must
+    not depend on the rounding of the weights, or a run on 8 devices and the
+    same run on 1 would fall one step out of phase after a rollback.
+    """
+    upd, _ = restore_updates(params, state.rollback.saved, updates)
     if cfg.predictor.fit_on == "optimizer":   # the newest increment is w_sgd - w_ref: keep it out
         window = window._replace(last=jax.tree.map(lambda s, l: s.astype(l.dtype),
                                                    state.rollback.saved, window.last))
     can_pop = window.num_snapshots > state.rollback.snapshots_at_jump
     window = jax.tree.map(lambda a, b: jnp.where(can_pop, a, b), snapshots.ring_pop(window),
                           window)
-    return upd, window, ~done
+    return upd, window, jnp.asarray(True)
 
 
 def _next_schedule(cfg: Config, sched: ScheduleState, verdict, loss, has_loss, predicted):

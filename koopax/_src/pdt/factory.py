@@ -20,6 +20,7 @@ from koopax._src.pdt.jump import CRITERIA, Criteria, Predictor
 from koopax._src.pdt.rollback import IgnoreRises, Rollback
 
 FIT_ON = ("optimizer", "assembled")
+PREDICTION_RCOND = 0.1   # see pdt(rcond=...)
 
 
 def _check(ok, name, what, value):
@@ -78,6 +79,7 @@ def make(*, horizon, num_snapshots, snapshot_every, start, interval, rank, block
     validation.optional_fraction(rcond, "rcond")
     clock = make_clock(snapshot_every, learning_rate=learning_rate, total_steps=total_steps,
                        num_snapshots=num_snapshots)
+    rcond = PREDICTION_RCOND if rcond is None else rcond
     predictor = Predictor(horizon, rank, rcond, _criteria(criteria, quantity_bounds), fit_on)
     return engine.transformation(engine.Config(
         predictor, policy, clock, blocks, num_snapshots, start, interval, authors_schedule))
@@ -159,12 +161,18 @@ def pdt(
         the DMD fits the optimizer's epoch map (more conservative jumps:
         digits at lr 0.1 0.57x vs 0.63x epochs, but lr 0.5 0.70x vs 0.57x,
         MNIST-1D 0.97x vs 0.83x; benchmarks/peer_pdt.py).
-      rcond: singular values below ``rcond * sigma_1`` are dropped (default
-        1e-3 in float32, the Gram round-off floor). A higher floor makes the
-        prediction less sensitive to round-off (0.2 kept the PDT authors'
-        digits figures and made a tanh MLP on 8 devices agree with 1 device
-        to 1e-6, where 1e-3 differed by 2e-2: ``BENCHMARKS.md``), but any hard
-        floor is a discontinuity for a spectrum that sits on it.
+      rcond: the prediction's floor (default ``0.1``): singular values of
+        the increment window below ``rcond * sigma_1`` are dropped and those
+        between ``rcond`` and ``2 rcond`` fade in smoothly
+        (:func:`koopax._src.dmd.floor_taper`). Why so high, and why smooth:
+        a prediction extrapolates ``horizon`` periods, and a mode at
+        ``s * sigma_1`` carries the weights' round-off amplified by
+        ``1 / s``; with the Gram route's 1e-3 cut, a tanh MLP on 8 devices
+        left the 1-device run by 2e-2 at the first jump (its third mode sat
+        at 5e-3 ``sigma_1``), and a hard 0.2 cut flipped a mode in and out
+        on a spectrum that sat on it. The taper makes the prediction a
+        continuous function of the window: 8 devices and 1 agree to 1.5e-6
+        there, and the PDT authors' digits figures stay (``BENCHMARKS.md``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs

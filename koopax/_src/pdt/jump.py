@@ -104,7 +104,8 @@ def jump(cfg: Predictor, blocks: Blocks, updates, window, params, tau):
     """
     w_sgd = optax.apply_updates(params, updates)
     disp, info = prediction.predicted_displacement(
-        window, cfg.horizon, blocks=blocks, rank=cfg.rank, rcond=cfg.rcond, active_horizon=tau)
+        window, cfg.horizon, blocks=blocks, rank=cfg.rank, rcond=cfg.rcond, active_horizon=tau,
+        taper=True)
 
     def leaf(ref, dd, s):
         acc = tree_math.accumulation_dtype(ref.dtype)

@@ -1,0 +1,148 @@
+"""8 devices against 1: how far a sharded run leaves the single-device one.
+
+``python -m benchmarks devices``: a tanh MLP 64-256-8 on a fixed batch of 128,
+SGD 0.05, each transformation with its defaults and a snapshot every 4 steps,
+100 steps; once with the weights and the batch split over 8 virtual CPU
+devices (``--xla_force_host_platform_device_count=8``: the benchmark starts a
+child process with that flag when this one sees fewer devices), once on 1. The
+figure is ``max |w_8 - w_1|`` over the largest ``|w_1|`` (the goal of issue
+20 is <= 1e-5), with the final loss of each run. The base's own figure is the
+round-off floor: every other figure is that floor times how much the
+transformation amplifies it.
+
+Writes ``devices.{json,md}`` under ``--output-dir`` (default
+``benchmarks/results``). ``--quick``: 24 steps, three transformations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from benchmarks import cli
+from examples import report
+
+FLAG = "--xla_force_host_platform_device_count=8"
+
+
+def transformations():
+    """Each transformation with its defaults (a snapshot every 4 steps)."""
+    import koopax
+    import optax
+    every = dict(snapshot_every=4)
+    return {
+        "base": optax.identity,
+        "kga": lambda: koopax.kga(**every),
+        "kga_each_step": lambda: koopax.kga(apply_every=1, **every),
+        "efficient_kga": lambda: koopax.efficient_kga(**every),
+        "kwm_kga": lambda: koopax.masked_kga(
+            koopax.masks.kwm(0.03, window=3, relative=True, capacity=0.5), **every),
+        "pdt": lambda: koopax.pdt(**every),
+        "dogra": lambda: koopax.dmd_prediction(**every),
+        "tano": lambda: koopax.dmd_prediction(mode="tano", **every),
+    }
+
+
+def _problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 64)).astype(np.float32)
+    y = rng.normal(size=(128, 8)).astype(np.float32)
+    params = {"w1": (rng.normal(size=(64, 256)) / 8).astype(np.float32),
+              "b1": np.zeros(256, np.float32),
+              "w2": (rng.normal(size=(256, 8)) / 16).astype(np.float32),
+              "b2": np.zeros(8, np.float32)}
+    return params, x, y
+
+
+def train(factory, steps, sharded):
+    """``(weights, final loss)`` after ``steps`` steps on 8 devices or on 1."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    params, x, y = _problem()
+    if sharded:
+        mesh = Mesh(np.array(jax.devices()[:8]), ("d",))
+        put = lambda a: jax.device_put(a, NamedSharding(mesh, P("d") if a.shape[0] % 8 == 0
+                                                        else P()))
+    else:
+        put = jnp.asarray
+    params, x, y = jax.tree.map(put, params), put(x), put(y)
+
+    def loss(p):
+        return jnp.mean((jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"] - y) ** 2)
+
+    tx = optax.chain(optax.sgd(0.05), factory())
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s):
+        value, g = jax.value_and_grad(loss)(p)
+        u, s = tx.update(g, s, p, value=value)
+        return optax.apply_updates(p, u), s, value
+
+    for _ in range(steps):   # one step in flight: queued collectives starve on a few cores
+        params, state, value = jax.block_until_ready(step(params, state))
+    return {k: np.asarray(v) for k, v in params.items()}, float(loss(params))
+
+
+def compare(names, steps):
+    """One row per transformation: the relative gap and both final losses."""
+    table = transformations()
+    rows = []
+    for name in names:
+        one, loss_one = train(table[name], steps, sharded=False)
+        eight, loss_eight = train(table[name], steps, sharded=True)
+        scale = max(float(np.abs(v).max()) for v in one.values())
+        gap = max(float(np.abs(one[k] - eight[k]).max()) for k in one) / scale
+        rows.append(dict(name=name, relative_gap=gap, loss_1=loss_one, loss_8=loss_eight,
+                         goal_met=bool(gap <= 1e-5)))
+        print(f"{name:14s} gap {gap:.2g}  loss {loss_one:.4g} / {loss_eight:.4g}", flush=True)
+    return rows
+
+
+def markdown(rows, steps):
+    lines = [f"# 8 devices vs 1 ({steps} steps, each transformation's defaults)", "",
+             "| transformation | max \\|dw\\| / max \\|w\\| | <= 1e-5 | loss, 1 device | "
+             "loss, 8 devices |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['relative_gap']:.2g} | {'yes' if r['goal_met'] else 'no'} "
+              f"| {r['loss_1']:.4g} | {r['loss_8']:.4g} |" for r in rows]
+    return "\n".join(lines)
+
+
+def run(args):
+    names = ["base", "kga", "pdt"] if args.quick else list(transformations())
+    steps = 24 if args.quick else args.steps
+    import jax
+    if len(jax.devices()) < 8:            # the flag must be set before jax starts
+        env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + FLAG).strip())
+        argv = [sys.executable, "-m", "benchmarks.devices", "--steps", str(args.steps),
+                "--output-dir", args.output_dir] + (["--quick"] if args.quick else [])
+        subprocess.run(argv, env=env, check=True)
+        with open(os.path.join(args.output_dir, "devices.json")) as f:
+            return json.load(f)
+    rows = compare(names, steps)
+    result = dict(steps=steps, rows=rows)
+    report.write_json(os.path.join(args.output_dir, "devices.json"), result)
+    report.write_text(os.path.join(args.output_dir, "devices.md"), markdown(rows, steps))
+    print(markdown(rows, steps))
+    return result
+
+
+BENCHMARK = cli.Benchmark(
+    "devices", run, description=__doc__.splitlines()[0], epilog=__doc__, options=(
+        cli.Option("--steps", 100, "training steps", type=cli.positive_int, quick=24),
+    ))
+
+
+def main(argv=None):
+    return cli.main(BENCHMARK, argv)
+
+
+if __name__ == "__main__":
+    main()
