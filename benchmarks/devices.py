@@ -21,8 +21,13 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+import koopax
 from benchmarks import cli
 from examples import report
 
@@ -31,8 +36,6 @@ FLAG = "--xla_force_host_platform_device_count=8"
 
 def transformations():
     """Each transformation with its defaults (a snapshot every 4 steps)."""
-    import koopax
-    import optax
     every = dict(snapshot_every=4)
     return {
         "base": optax.identity,
@@ -59,12 +62,7 @@ def _problem():
 
 
 def train(factory, steps, sharded):
-    """``(weights, final loss)`` after ``steps`` steps on 8 devices or on 1."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
+    """``(weights, final loss, optimizer state)`` after ``steps`` steps on 8 devices or on 1."""
     params, x, y = _problem()
     if sharded:
         mesh = Mesh(np.array(jax.devices()[:8]), ("d",))
@@ -84,11 +82,11 @@ def train(factory, steps, sharded):
     def step(p, s):
         value, g = jax.value_and_grad(loss)(p)
         u, s = tx.update(g, s, p, value=value)
-        return optax.apply_updates(p, u), s, value
+        return optax.apply_updates(p, u), s
 
     for _ in range(steps):   # one step in flight: queued collectives starve on a few cores
-        params, state, value = jax.block_until_ready(step(params, state))
-    return {k: np.asarray(v) for k, v in params.items()}, float(loss(params))
+        params, state = jax.block_until_ready(step(params, state))
+    return {k: np.asarray(v) for k, v in params.items()}, float(loss(params)), state
 
 
 def compare(names, steps):
@@ -96,8 +94,8 @@ def compare(names, steps):
     table = transformations()
     rows = []
     for name in names:
-        one, loss_one = train(table[name], steps, sharded=False)
-        eight, loss_eight = train(table[name], steps, sharded=True)
+        one, loss_one, _ = train(table[name], steps, sharded=False)
+        eight, loss_eight, _ = train(table[name], steps, sharded=True)
         scale = max(float(np.abs(v).max()) for v in one.values())
         gap = max(float(np.abs(one[k] - eight[k]).max()) for k in one) / scale
         rows.append(dict(name=name, relative_gap=gap, loss_1=loss_one, loss_8=loss_eight,
@@ -118,7 +116,6 @@ def markdown(rows, steps):
 def run(args):
     names = ["base", "kga", "pdt"] if args.quick else list(transformations())
     steps = 24 if args.quick else args.steps
-    import jax
     if len(jax.devices()) < 8:            # the flag must be set before jax starts
         env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + FLAG).strip())
         argv = [sys.executable, "-m", "benchmarks.devices", "--steps", str(args.steps),

@@ -17,7 +17,6 @@ from koopax._src import baselines, prediction, snapshots, tree_math
 # koopax.pdt is also the name of the function exported by the package.
 from koopax._src import restore as rollback_lib
 from koopax._src.pdt import schedule as schedule_lib
-from helpers import value_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -886,41 +885,18 @@ def test_prediction_argument_validation():
     assert tree_math.tree_size(gram) == 16
 
 
-def _tanh_mlp_run(steps, sharded):
-    """SGD 0.05 + ``pdt(snapshot_every=4)`` defaults on a 64-256-8 tanh MLP, on 8
-    devices (weights and batch split) or on 1."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(128, 64)), jnp.float32)
-    y = jnp.asarray(rng.normal(size=(128, 8)), jnp.float32)
-    params = {"w1": jnp.asarray(rng.normal(size=(64, 256)) / 8, jnp.float32),
-              "b1": jnp.zeros(256), "w2": jnp.asarray(rng.normal(size=(256, 8)) / 16, jnp.float32),
-              "b2": jnp.zeros(8)}
-    if sharded:
-        mesh = Mesh(np.array(jax.devices()[:8]), ("d",))
-        put = lambda a: jax.device_put(a, NamedSharding(mesh, P("d") if a.shape[0] % 8 == 0
-                                                        else P()))
-        params, x, y = jax.tree.map(put, params), put(x), put(y)
-
-    def loss(p):
-        return jnp.mean((jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"] - y) ** 2)
-
-    tx = optax.chain(optax.sgd(0.05), koopax.pdt(snapshot_every=4))
-    state, step = tx.init(params), value_step(tx, loss)
-    for _ in range(steps):   # one step in flight: queued collectives starve on a few cores
-        params, state = jax.block_until_ready(step(params, state))
-    return params, state[1].stats
-
-
 def test_pdt_defaults_on_8_devices_are_the_1_device_run():
     """The default floor (tapered, ``rcond=0.1``) keeps the prediction a smooth,
     well-conditioned function of the window: after 5 jumps the sharded run is the
     single-device one to 1e-5 of the largest weight (a hard cut at 1e-3 differed
     by 1e-2 from the first jump on: its third mode sat at 5e-3 sigma_1)."""
-    one, stats = _tanh_mlp_run(44, sharded=False)
-    eight, stats8 = _tanh_mlp_run(44, sharded=True)
-    assert int(stats.num_jumps) >= 3 and int(stats8.num_jumps) == int(stats.num_jumps)
-    scale = max(float(jnp.max(jnp.abs(v))) for v in jax.tree.leaves(one))
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight)):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-5 * scale)
+    from benchmarks.devices import train   # SGD 0.05 on a 64-256-8 tanh MLP
+    defaults = lambda: koopax.pdt(snapshot_every=4)
+    one, _, state = train(defaults, 44, sharded=False)
+    eight, _, state8 = train(defaults, 44, sharded=True)
+    jumps, jumps8 = int(state[1].stats.num_jumps), int(state8[1].stats.num_jumps)
+    assert jumps >= 3 and jumps8 == jumps
+    scale = max(float(np.max(np.abs(v))) for v in one.values())
+    for k in one:
+        np.testing.assert_allclose(eight[k], one[k], rtol=0, atol=1e-5 * scale)
 

@@ -157,10 +157,11 @@ def _horizon(cfg: Config, state: PDTState):
 def _restore(cfg: Config, state: PDTState, updates, window, params):
     """Updates restoring the saved ``w_sgd``, and the window without the jumped snapshot.
 
-    The restoration always takes its second step (``koopax._src.restore``),
-    whether or not the first was already exact: how many steps it takes must
-    not depend on the rounding of the weights, or a run on 8 devices and the
-    same run on 1 would fall one step out of phase after a rollback.
+    The restoration always takes its second step (the caller sets
+    ``restoring``; ``koopax._src.restore``), whether or not the first was
+    already exact: how many steps it takes must not depend on the rounding of
+    the weights, or a run on 8 devices and the same run on 1 would fall one
+    step out of phase after a rollback.
     """
     upd, _ = restore_updates(params, state.rollback.saved, updates)
     if cfg.predictor.fit_on == "optimizer":   # the newest increment is w_sgd - w_ref: keep it out
@@ -169,7 +170,7 @@ def _restore(cfg: Config, state: PDTState, updates, window, params):
     can_pop = window.num_snapshots > state.rollback.snapshots_at_jump
     window = jax.tree.map(lambda a, b: jnp.where(can_pop, a, b), snapshots.ring_pop(window),
                           window)
-    return upd, window, jnp.asarray(True)
+    return upd, window
 
 
 def _next_schedule(cfg: Config, sched: ScheduleState, verdict, loss, has_loss, predicted):
@@ -210,12 +211,9 @@ def _epoch_end(cfg: Config, updates, state: PDTState, params, use_value: bool):
     rollback = state.rollback
     restoring = jnp.asarray(False)
     if policy.restores:
-        def roll(carry, p):
-            u, w, _ = carry
-            return _restore(cfg, state, u, w, p)
-
-        updates, window, restoring = maybe_record(
-            verdict.rollback, roll, (updates, window, jnp.asarray(False)), params)
+        updates, window = maybe_record(
+            verdict.rollback, lambda c, p: _restore(cfg, state, *c, p), (updates, window), params)
+        restoring = verdict.rollback         # always a second restoring step (_restore)
         rollback = rollback._replace(saved=jax.tree.map(
             lambda s, w: jnp.where(jumped, w, s), rollback.saved, w_sgd))
     judges = use_value and not isinstance(policy, rb.IgnoreRises)
