@@ -198,7 +198,7 @@ def _kwm_mask(extras):
     # 0.03 -> MNIST-1D 0.50 / 0.88, quadratic 0.63 / 0.70. 0.03 is taken.
     return koopax.masks.kwm(extras["kwm_epsilon"], window=extras["kwm_window"],
                             relative=extras["kwm_relative"], every=extras["kwm_every"],
-                            capacity=extras["kwm_capacity"])
+                            capacity=extras["kwm_capacity"], margin=extras["kwm_margin"])
 
 
 def _masked(make_mask):
@@ -327,7 +327,7 @@ class Method:
 KGA_DEFAULTS: dict = {name: inspect.signature(koopax.kga).parameters[name].default
                       for name in ("alpha", "num_snapshots")}
 KWM_EXTRAS = dict(kwm_epsilon=0.03, kwm_window=3, kwm_relative=True, kwm_every=1,
-                  kwm_capacity=0.5)
+                  kwm_capacity=0.5, kwm_margin=1.0)
 #: The norm and delta masks have no default threshold (the KGA paper gives none, and
 #: absolute thresholds do not transfer between models); capacity 1 is the library's.
 NORM_EXTRAS = dict(norm_threshold=None, norm_capacity=1.0)

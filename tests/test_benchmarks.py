@@ -13,6 +13,7 @@ import math
 import os
 
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks import cli, common, memory, overhead
@@ -329,6 +330,13 @@ def test_devices_declares_its_steps_and_tabulates_the_gap():
     assert cli.parse_args("devices", []).steps == 100
     assert {"base", "kga", "pdt", "efficient_kga", "kwm_kga", "dogra", "tano"} <= set(
         devices.transformations())
-    row = dict(name="pdt", relative_gap=1.5e-6, loss_1=0.397, loss_8=0.397, goal_met=True)
-    assert "| pdt | 1.5e-06 | yes | 0.397 | 0.397 |" in devices.markdown([row], 100)
+    row = dict(name="pdt", relative_gap=1.5e-6, loss_1=0.397, loss_8=0.397, goal_met=True,
+               steps_before_divergence=100, gap_before_divergence=1.5e-6)
+    assert ("| pdt | 1.5e-06 | yes | 0.397 | 0.397 | 100 (never rose) | 1.5e-06 |"
+            in devices.markdown([row], 100))
+    # The gap before divergence stops at the first step whose loss exceeds the first one.
+    w = lambda x: {"w": np.array([x])}
+    one = [(w(1.0), 2.0), (w(1.0), 1.0), (w(1.0), 3.0), (w(1.0), 9.0)]
+    eight = [(w(1.0), 2.0), (w(1.5), 1.0), (w(9.0), 3.0), (w(9.0), 9.0)]
+    assert devices.gap_before_divergence(one, eight) == (2, 0.5)
 

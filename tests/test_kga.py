@@ -108,11 +108,11 @@ def numpy_kga_reference(snaps, u, alpha, epsilon):
     return (u + uu @ (a_new - a)).real, lam
 
 
-def linear_increment_snapshots(n=30, h=6):
-    """``h`` snapshots whose increments follow eigenvalues 0.9, 0.5 and 1.0 exactly."""
+def linear_increment_snapshots(n=30, h=6, eigenvalues=(0.9, 0.5, 1.0)):
+    """``h`` snapshots whose increments follow ``eigenvalues`` (0.9, 0.5 and 1.0) exactly."""
     rng = np.random.default_rng(0)
     basis, _ = np.linalg.qr(rng.normal(size=(n, 3)))
-    lam = np.array([0.9, 0.5, 1.0])
+    lam = np.array(eigenvalues)
     coef = rng.normal(size=3) + 1.0
     incs = np.array([basis @ (coef * lam**t) for t in range(h - 1)])
     return rng, basis, lam, np.concatenate([np.zeros((1, n)), np.cumsum(incs, 0)]) + 3.0

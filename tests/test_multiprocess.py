@@ -152,13 +152,14 @@ def test_the_job_spans_processes_and_devices(job):
 def test_multiprocess_training_matches_one_device(job, reference, name):
     ref = reference[name]
     for i, result in enumerate(job):
-        # float32 sums in another order (sharded), amplified by the DMD of small
-        # increments: measured 1e-5 in the weights after PDT's jumps, 1e-4 in its
-        # eigenvalues, 1e-7 for KGA; a 1% change of one process's data moves the
-        # weights by 1e-2.
+        # Issue 20's goal: max |w_job - w_1| <= 1e-5 max |w_1|. Float32 sums in
+        # another order (sharded): measured 1.1e-7 (KGA) and 2.2e-7 (PDT, 1e-5
+        # before its tapered prediction floor); a 1% change of one process's data
+        # moves the weights by 1e-2.
+        scale = max(float(np.abs(v).max()) for v in ref["params"].values())
         for key, value in ref["params"].items():
-            np.testing.assert_allclose(result[f"{name}/params/{key}"], value, rtol=1e-5,
-                                       atol=5e-5, err_msg=f"process {i}, params[{key!r}]")
+            gap = float(np.abs(result[f"{name}/params/{key}"] - value).max()) / scale
+            assert gap <= 1e-5, f"process {i}, params[{key!r}]: relative gap {gap:.2g}"
         np.testing.assert_allclose(result[f"{name}/losses"], ref["losses"], rtol=1e-4,
                                    err_msg=f"process {i}, losses")
         for key, value in ref["diagnostics"].items():

@@ -311,6 +311,30 @@ def test_restore_updates_is_bit_exact_in_at_most_two_steps():
     assert np.array_equal(_bits(optax.apply_updates(p1, u2)), _bits(s))
 
 
+def test_restore_lands_next_to_the_saved_weights_not_on_zero():
+    """Between the two steps the weights are the saved ones up to round-off where
+    ``p`` and ``s`` are of similar size: the base optimizer's gradient at that step
+    no longer depends on which weights happened to round (it landed such weights
+    on +0, and a vmapped run fed its momentum another gradient than the run
+    alone). Where they are far apart (``1`` and ``1e-8``) +0 stays the route."""
+    rng = np.random.RandomState(4)
+    p = jnp.asarray(rng.randn(4000), jnp.float32)
+    s = jnp.asarray(p * (1 + 0.3 * rng.randn(4000)) + 1e-3 * rng.randn(4000), jnp.float32)
+    s = s.at[0].set(1e-8).at[1].set(0.0)
+    p = p.at[0].set(1.0)
+    u, done = rollback_lib.restore_updates(p, s, jnp.zeros_like(p))
+    p1 = optax.apply_updates(p, u)
+    assert not bool(done)
+    p1n, sn, pn = np.asarray(p1), np.asarray(s), np.asarray(p)
+    assert (p1n[2:] != sn[2:]).sum() > 10                        # some weights round
+    # ... to within two units in the last place of the larger of p and s.
+    near = np.abs(p1n - sn) <= 2.4e-7 * np.maximum(np.abs(pn), np.abs(sn))
+    assert near[1:].all() and float(p1[0]) == 0.0
+    u2, done2 = rollback_lib.restore_updates(p1, s, jnp.zeros_like(p))
+    assert bool(done2)
+    assert np.array_equal(_bits(optax.apply_updates(p1, u2)), _bits(s))
+
+
 @pytest.mark.parametrize("bump", [1.0, float("nan")])
 def test_jump_that_raises_the_loss_is_rolled_back_bit_for_bit(bump):
     # bump = NaN: a loss that turns non-finite after a jump is a rise too.

@@ -196,3 +196,33 @@ def test_increment_correction_is_bounded_by_the_period_displacement_in_every_lea
         since = base if i % 4 == 0 else jax.tree.map(jnp.add, since, base)
         p = optax.apply_updates(p, out)
     assert checked >= 10
+
+
+def test_efficient_kga_defaults_on_8_devices_are_the_1_device_run():
+    """Efficient-KGA's basis takes a direction only when it carries >= 10 % of
+    its increment: a weaker residual points in a direction that the weights'
+    round-off decides, and the sharded run left the 1-device one by 7e-5 of the
+    largest weight after 48 steps (1e-2 after 100) when 0.1 % sufficed."""
+    from benchmarks.devices import train   # SGD 0.05 on a 64-256-8 tanh MLP
+    defaults = lambda: koopax.efficient_kga(snapshot_every=4)
+    one, _, state = train(defaults, 48, sharded=False)
+    eight, _, _ = train(defaults, 48, sharded=True)
+    assert int(state[1].num_refreshes) >= 5
+    scale = max(float(np.max(np.abs(v))) for v in one.values())
+    for k in one:
+        np.testing.assert_allclose(eight[k], one[k], rtol=0, atol=1e-5 * scale)
+
+
+def test_dogra_on_8_devices_is_the_1_device_run_until_its_loss_rises():
+    """Dogra's fixed-horizon jumps diverge on this MLP (no acceptance test: the
+    loss passes its start at step ~30 and reaches 3e7 by step 100). Until the
+    loss rises, the sharded run is the single-device one to 1e-5; after, the
+    divergence amplifies round-off by itself, as it would any run's."""
+    from benchmarks.devices import gap_before_divergence, train
+    dogra = lambda: koopax.dmd_prediction(snapshot_every=4)
+    one, eight = [], []
+    train(dogra, 40, sharded=False, history=one)
+    train(dogra, 40, sharded=True, history=eight)
+    steps, gap = gap_before_divergence(one, eight)
+    assert 16 <= steps < 40                  # two jumps in, then it diverges
+    assert gap <= 1e-5

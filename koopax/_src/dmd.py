@@ -92,8 +92,7 @@ def floor_taper(singular_values, rcond):
       [1.0, 1.0, 0.5, 0.0]
     """
     s = jnp.asarray(singular_values)
-    x = jnp.clip((s / jnp.maximum(s[0], jnp.finfo(s.dtype).tiny) - rcond) / rcond, 0.0, 1.0)
-    return x * x * (3.0 - 2.0 * x)
+    return linalg.smoothstep((s / jnp.maximum(s[0], jnp.finfo(s.dtype).tiny) - rcond) / rcond)
 
 
 def reduced_operator(gram_xx, gram_xy, *, rank, matrix_shape, num_valid=None, rcond=None,

@@ -53,6 +53,26 @@ def _complex_dtype(dtype):
 # --------------------------------------------------------------------------
 
 
+def smoothstep(x):
+    """``3 x^2 - 2 x^3`` on ``x`` clipped to ``[0, 1]``: a C^1 step from 0 to 1.
+
+    What koopax's soft floors and mask fades use in place of a hard cut, so
+    that their output is a continuous function of the data.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import linalg
+      >>> linalg.smoothstep(jnp.array([-1.0, 0.0, 0.5, 1.0, 2.0])).tolist()
+      [0.0, 0.0, 0.5, 1.0, 1.0]
+
+    References:
+      Ebert, Musgrave, Peachey, Perlin, Worley, *Texturing and Modeling: A
+      Procedural Approach*, 3rd ed., 2003 (the ``smoothstep`` polynomial).
+    """
+    x = jnp.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 def svht_coefficient(beta):
     """Gavish–Donoho coefficient for unknown noise: ``tau = omega(beta) * median``.
 

@@ -15,18 +15,34 @@ the last ``m`` increments ``d_i = w_{i+1} - w_i`` and their Gram matrix):
   non-neutral contribution to the weight trajectory is recovered per mode as
   ``w_i - w* = sum_k lambda_k^i b_k / (lambda_k - 1) phi_k``. The score is::
 
-      S_{i,j} = | Re sum_{k non-neutral} lambda_k^i b_k / (1 - lambda_k) phi_{k,j} |,
+      S_{i,j} = | Re sum_k t_k lambda_k^i b_k / (1 - lambda_k) phi_{k,j} |,
 
   the movement weight ``j`` still has ahead of it from the transient (stable
-  and unstable) modes at weight snapshot ``i`` (``w_0`` the oldest snapshot of
+  and unstable) modes, ``t_k`` how transient mode ``k`` is
+  (:func:`transient_weights`: 0 in the neutral band ``||lambda| - 1| <= eps``,
+  1 from ``2 eps`` out, smooth in between; the paper's classes are its 0/1
+  version), at weight snapshot ``i`` (``w_0`` the oldest snapshot of
   the window, ``w_m`` the newest), evaluated for the last ``s = window``
   snapshots ``i = m - s + 1, ..., m``. Weight ``j`` is excluded when
   ``S_{i,j} < epsilon`` for every one of them. Neutral increment modes
   (``|lambda| ~ 1``) are a steady drift, not a fixed point: with
   ``drift=True`` (default, a deliberate deviation) a weight whose drift per
-  snapshot ``|Re sum_{k neutral} lambda_k^m b_k phi_{k,j}|`` reaches
+  snapshot ``|Re sum_k (1 - t_k) lambda_k^m b_k phi_{k,j}|`` reaches
   ``epsilon`` is kept too; the paper's raw-weight DMD would lump that drift
   with the fixed point and mask the weight.
+
+Each criterion is a score against a threshold (``|w_j|``, ``max_i |d_{i,j}|``,
+``S_j``): weight ``j`` is excluded when ``score_j < threshold``. With a
+``margin`` ``mu > 0`` (default 1) a kept weight also gets a **fade**::
+
+    g_j = smoothstep((score_j / threshold - 1) / mu)  in [0, 1],
+
+0 at the threshold, 1 from ``(1 + mu) threshold`` up, and
+:func:`koopax.masked_kga` accelerates weight ``j`` in proportion to it
+(a deliberate deviation from the paper's 0/1 mask, whose keep/drop decision
+flips under round-off for the weights that sit on the threshold: a sharded
+run then left the single-device one by a whole correction). A weight whose
+fade is below ``1e-6`` is excluded. ``margin=0`` is the paper's hard mask.
 
 Masks are stateless; callers make them monotone with :func:`update`
 (``excluded <- excluded | criterion``), as the KGA paper's Algorithm 2 does
@@ -53,7 +69,7 @@ import jax.numpy as jnp
 
 from koopax._src import linalg, tree_math, validation
 from koopax._src.compaction import validate_capacity
-from koopax._src.dmd import classify_eigenvalues, gram_operator
+from koopax._src.dmd import gram_operator
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -89,6 +105,9 @@ class Mask(NamedTuple):
       start: snapshots before the first decision (``None``: as soon as the
         consumer's window is full).
       every: snapshots between decisions after the first.
+      fade: ``fade(inputs) -> pytree of float32`` in ``[0, 1]`` shaped like
+        ``inputs.params``: how much of KGA's correction a weight takes (0
+        where ``exclude`` is True); None: 1 wherever the weight is kept.
     """
 
     name: str
@@ -97,6 +116,7 @@ class Mask(NamedTuple):
     min_snapshots: int
     start: int | None
     every: int
+    fade: Callable[[MaskInputs], Any] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -122,16 +142,61 @@ def _check_common(capacity, start, every):
         raise ValueError(f"every must be an int >= 1; got {every!r}.")
 
 
+def _check_margin(margin):
+    if not isinstance(margin, numbers.Real) or isinstance(margin, bool):
+        raise ValueError(f"margin must be a static finite number >= 0; got {margin!r}.")
+    validation.number(margin, "margin", low=0.0, what="a finite number >= 0")
+
+
+# Below this fade a kept weight is dropped: it would take at most 1e-6 of a
+# correction, and its stored increments (multiplied by the fade) would lose
+# their relative precision.
+MIN_FADE = 1e-6
+
+
+def _scored(name, measure, margin, capacity, min_snapshots, start, every) -> Mask:
+    """A :class:`Mask` from ``measure(inputs) -> (scores, threshold)``.
+
+    ``margin = 0``: exclude where ``score < threshold``, fade 1 elsewhere;
+    ``margin > 0``: fade ``smoothstep((score / threshold - 1) / margin)``
+    (1 everywhere for a zero threshold), excluded below :data:`MIN_FADE`.
+    """
+    mu = float(margin)
+
+    def fade(inputs):
+        scores, threshold = measure(inputs)
+        threshold = jnp.asarray(threshold, jnp.float32)
+
+        def one(score):
+            score = score.astype(jnp.float32)
+            if mu == 0.0:
+                return (score >= threshold).astype(jnp.float32)
+            x = (score / jnp.maximum(threshold, jnp.finfo(jnp.float32).tiny) - 1.0) / mu
+            return jnp.where(threshold > 0, linalg.smoothstep(x), 1.0)
+
+        return jax.tree.map(one, scores)
+
+    def exclude(inputs):
+        if mu == 0.0:
+            scores, threshold = measure(inputs)
+            return jax.tree.map(lambda x: x < threshold, scores)
+        return jax.tree.map(lambda g: g < MIN_FADE, fade(inputs))
+
+    return Mask(name, exclude, capacity, min_snapshots, start, every, fade)
+
+
 # --------------------------------------------------------------------------
 # Criteria
 # --------------------------------------------------------------------------
 
 
-def norm(threshold, *, capacity=1.0, start=None, every=1) -> Mask:
+def norm(threshold, *, margin=1.0, capacity=1.0, start=None, every=1) -> Mask:
     """Norm masking: exclude weight ``j`` when ``|w_j| < threshold``.
 
     Args:
       threshold: finite number >= 0 (``0`` excludes nothing).
+      margin: the fade's width ``mu`` (module docstring), a number >= 0; ``0``
+        is the paper's hard mask.
       capacity: static compaction bound (see :class:`Mask`); ``1.0`` keeps
         room for every weight (no saving, no overflow).
       start: snapshots before the first decision (None: when the window fills).
@@ -146,22 +211,25 @@ def norm(threshold, *, capacity=1.0, start=None, every=1) -> Mask:
       [True, False, False]
     """
     _check_threshold("threshold", threshold)
+    _check_margin(margin)
     _check_common(capacity, start, every)
     thr = float(threshold)
 
-    def exclude(inputs):
-        return jax.tree.map(lambda w: jnp.abs(w) < thr, inputs.params)
+    def measure(inputs):
+        return jax.tree.map(jnp.abs, inputs.params), thr
 
-    return Mask("norm", exclude, capacity, 1, start, every)
+    return _scored("norm", measure, margin, capacity, 1, start, every)
 
 
-def delta(threshold, window=5, *, capacity=1.0, start=None, every=1) -> Mask:
+def delta(threshold, window=5, *, margin=1.0, capacity=1.0, start=None, every=1) -> Mask:
     """Delta masking: exclude ``j`` when ``|d_{i,j}| < threshold`` for each of the last ``window``.
+
+    The score is ``max_i |d_{i,j}|`` over those increments.
 
     Args:
       threshold: finite number >= 0 (``0`` excludes nothing).
       window: int >= 1, the number of trailing increments that must all be small.
-      capacity, start, every: as in :func:`norm`.
+      margin, capacity, start, every: as in :func:`norm`.
 
     Examples:
       Weight 0 moved less than ``1e-3`` in both increments, weights 1 and 2 in
@@ -178,19 +246,44 @@ def delta(threshold, window=5, *, capacity=1.0, start=None, every=1) -> Mask:
     """
     _check_threshold("threshold", threshold)
     validation.integer(window, "window", low=1)
+    _check_margin(margin)
     _check_common(capacity, start, every)
     thr = float(threshold)
 
-    def exclude(inputs):
+    def measure(inputs):
         if len(inputs.increments) < window:
             raise ValueError(
                 f"delta mask: window={window} needs at least {window} increments; "
                 f"got {len(inputs.increments)}.")
         recent = inputs.increments[-window:]
-        return jax.tree.map(
-            lambda *ds: jnp.all(jnp.stack([jnp.abs(d) < thr for d in ds]), axis=0), *recent)
+        return jax.tree.map(lambda *ds: jnp.max(jnp.stack([jnp.abs(d) for d in ds]), axis=0),
+                            *recent), thr
 
-    return Mask("delta", exclude, capacity, window + 1, start, every)
+    return _scored("delta", measure, margin, capacity, window + 1, start, every)
+
+
+def transient_weights(eigenvalues, neutral_epsilon, valid):
+    """How much of a transient mode each eigenvalue is, in ``[0, 1]`` (0 where not ``valid``).
+
+    ``smoothstep((||lambda| - 1| - eps) / eps)``: 0 inside the neutral band
+    ``||lambda| - 1| <= eps``, 1 from ``2 eps`` out, smooth in between (``eps = 0``:
+    1 off the unit circle). The paper's classes are the 0/1 version; a mode
+    crossing the band's edge under round-off then moved KWM's scores by its
+    whole contribution.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> lam = jnp.array([1.0, 0.985, 0.97, 0.5, 0.0])
+      >>> masks.transient_weights(lam, 0.02, jnp.array([True] * 4 + [False])).round(3).tolist()
+      [0.0, 0.0, 0.5, 1.0, 0.0]
+    """
+    distance = jnp.abs(jnp.abs(eigenvalues) - 1.0)
+    if float(neutral_epsilon) == 0.0:
+        weight = (distance > 0).astype(jnp.float32)
+    else:
+        weight = linalg.smoothstep((distance - neutral_epsilon) / neutral_epsilon)
+    return jnp.where(valid, weight, 0.0).astype(jnp.float32)
 
 
 def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None, rcond=None,
@@ -229,10 +322,9 @@ def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None,
     normal = jnp.where(valid[:, None] & valid[None, :], normal, jnp.eye(k, dtype=cdt))
     rhs = jnp.where(valid, jnp.matmul(coef.conj().T, gc[1:, 0], precision=_HIGHEST), 0)
     amps = jnp.where(valid, jnp.linalg.solve(normal, rhs), 0)
-    classes = classify_eigenvalues(values, neutral_epsilon, valid)
-    transient = classes.stable | classes.unstable
-    denom = jnp.where(transient, 1.0 - values, 1.0)
-    displacement = jnp.where(transient, amps / denom, 0)
+    transient = transient_weights(values, neutral_epsilon, valid)
+    denom = jnp.where(transient > 0, 1.0 - values, 1.0)
+    displacement = jnp.where(transient > 0, transient * amps / denom, 0)
     columns = incs[1:]
     like = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, tree_math.accumulation_dtype(x.dtype)), incs[0])
@@ -247,13 +339,13 @@ def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None,
         s_i = magnitude(values ** i * displacement)
         score = s_i if score is None else jax.tree.map(jnp.maximum, score, s_i)
     if drift:
-        steady = jnp.where(classes.neutral, values ** m * amps, 0)
+        steady = jnp.where(valid, (1.0 - transient) * values ** m * amps, 0)
         score = jax.tree.map(jnp.maximum, score, magnitude(steady))
     return jax.tree.map(lambda s: s.astype(jnp.float32), score)
 
 
 def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift=True,
-        relative=False, capacity=1.0, start=None, every=1) -> Mask:
+        relative=False, margin=1.0, capacity=1.0, start=None, every=1) -> Mask:
     """Koopman-based weight masking (KGA paper Eqs. 14-15).
 
     Args:
@@ -274,7 +366,7 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
         of an MNIST-1D MLP's weights and none of a z=x^2+y^2 MLP's at a small
         learning rate); the relative one does not. On re-evaluation in compact
         mode the reference is the rms over the weights still kept.
-      capacity, start, every: as in :func:`norm`.
+      margin, capacity, start, every: as in :func:`norm`.
 
     Examples:
       The increments of weight 0 decay geometrically (``lambda = 0.5``: it
@@ -298,9 +390,10 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
     validation.optional_fraction(rcond, "rcond")
     validation.boolean(relative, "relative")
     validation.boolean(drift, "drift")
+    _check_margin(margin)
     eps = float(epsilon)
 
-    def exclude(inputs):
+    def measure(inputs):
         scores = kwm_scores(inputs, window=window, neutral_epsilon=neutral_epsilon, rank=rank,
                             rcond=rcond, drift=drift)
         threshold = eps
@@ -308,9 +401,27 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
             newest = inputs.increments[-1]
             mean_square = inputs.gram[-1, -1] / tree_math.tree_size(newest)
             threshold = eps * jnp.sqrt(jnp.asarray(mean_square, jnp.float32))
-        return jax.tree.map(lambda s: s < threshold, scores)
+        return scores, threshold
 
-    return Mask("kwm", exclude, capacity, max(window, 4), start, every)
+    return _scored("kwm", measure, margin, capacity, max(window, 4), start, every)
+
+
+def fade(mask: Mask, inputs: MaskInputs):
+    """``mask``'s fade (module docstring): float32 in ``[0, 1]``, 0 where excluded.
+
+    Examples:
+      Threshold 0.1, margin 1: ``|w| = 0.05`` is excluded, ``0.15`` takes half
+      of KGA's correction, ``0.5`` all of it:
+
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import masks
+      >>> inputs = masks.MaskInputs({"w": jnp.array([0.05, 0.15, 0.5])}, (), jnp.zeros((0, 0)))
+      >>> masks.fade(masks.norm(0.1), inputs)["w"].round(3).tolist()
+      [0.0, 0.5, 1.0]
+    """
+    if mask.fade is not None:
+        return mask.fade(inputs)
+    return jax.tree.map(lambda e: (~e).astype(jnp.float32), mask.exclude(inputs))
 
 
 def init(params):

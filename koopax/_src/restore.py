@@ -3,16 +3,22 @@
 ``apply_updates`` computes ``fl(p + u)`` in the parameter dtype, and no single
 ``u`` reaches every ``s`` from every ``p`` (``p = 1, s = 1e-8`` in float32:
 ``fl(1 + u)`` is 0 or ``6e-8``). :func:`restore_updates` restores in at most
-two steps: ``u = fl(s - p)`` where ``fl(p + fl(s - p))`` is exactly ``s``
-(checked bitwise, the same arithmetic ``apply_updates`` does) and ``u = -p``
-elsewhere (``p + (-p)`` is exactly ``+0``); if any weight took the second
-path, a second call returns ``u = s - p'`` with ``p'`` in ``{s, +0}``, which
-is exact. Exactness needs the updates to have at least the parameters'
-precision and the transformation to be last in the chain; ``-0.0`` comes
-back as ``+0.0``. PDT's and KGA's rollbacks both restore this way, and both
-always take the second step (a zero update where the first was exact): a
-restoration whose length depended on the rounding of the weights would put
-a run on 8 devices one step out of phase with the same run on 1.
+two steps: ``u = fl(s - p)`` where it lands on ``p' = fl(p + fl(s - p))``
+with ``p' = s`` or ``fl(p' + fl(s - p')) = s`` (both checked bitwise, the
+same arithmetic ``apply_updates`` does), and ``u = -p`` elsewhere
+(``p + (-p)`` is exactly ``+0``, from which ``s`` is one exact step away);
+a second call from ``p'`` is then exact. Where ``p`` and ``s`` are of
+similar size, ``p'`` is within round-off of ``s``: the step between the
+two, whose gradient the base optimizer sees, is the restored point up to
+round-off, not a point where some weights are zeroed (which weights were,
+depended on their rounding, and a run under ``vmap`` or on 8 devices fed
+its momentum another gradient than the same run alone). Exactness needs
+the updates to have at least the parameters' precision and the
+transformation to be last in the chain; ``-0.0`` comes back as ``+0.0``.
+PDT's and KGA's rollbacks both restore this way, and both always take the
+second step (a zero update where the first was exact): a restoration whose
+length depended on the rounding of the weights would put a run on 8
+devices one step out of phase with the same run on 1.
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ def restore_updates(params, saved, updates):
 
     Returns ``(updates, done)``: ``done`` is True when
     ``optax.apply_updates(params, updates)`` equals ``saved`` bit for bit;
-    otherwise the mismatching weights land on ``+0`` and a second call from
-    there is exact (module docstring).
+    otherwise the mismatching weights land next to it (or on ``+0``) and a
+    second call from there is exact (module docstring).
 
     Examples:
       >>> import jax.numpy as jnp, optax
@@ -51,10 +57,15 @@ def restore_updates(params, saved, updates):
     """
     def leaf(p, s, u):
         ct = jnp.result_type(p, u)
-        step = (s.astype(ct) - p.astype(ct)).astype(u.dtype)
-        land = jnp.asarray(p + step).astype(p.dtype)      # what apply_updates does
+
+        def landing(start):     # where apply_updates(start, fl(s - start)) lands
+            step = (s.astype(ct) - start.astype(ct)).astype(u.dtype)
+            return step, jnp.asarray(start + step).astype(p.dtype)
+
+        step, land = landing(p)
         ok = _same_bits(land, s)
-        return pair(jnp.where(ok, step, (-p).astype(u.dtype)), jnp.all(ok))
+        near = _same_bits(landing(land)[1], s)           # a second step from land is exact
+        return pair(jnp.where(ok | near, step, (-p).astype(u.dtype)), jnp.all(ok))
 
     new, oks = unzip(jax.tree.map(leaf, params, saved, updates))
     oks = jax.tree.leaves(oks)

@@ -31,6 +31,19 @@ Phases (all state shapes static, one compiled step):
    all stored compact vectors are shrunk in place and the Gram matrix is
    recomputed. The full window stays in the state, unused (static shapes).
 
+**Fades.** A mask with a ``margin`` (:mod:`koopax.masks`, the default) gives
+each kept weight a fade ``g_j`` in ``(0, 1]``, and the compact phase runs KGA
+in the coordinates ``y = G w`` (``G = diag(g)``): the compact window stores
+``G X_I``, so the update is::
+
+    u'_I = u_I + s G X_I K X_I^T G^2 u_I,
+
+with ``K`` the operator of ``(G X_I)^T (G X_I)``. A weight at the threshold
+(``g_j -> 0``) leaves both the correction and the fit continuously; ``g = 1``
+is the update above. The criterion itself still sees the plain increments
+(the compact window divided by ``g``). A decision rescales the stored columns
+from the old fades to the new ones.
+
 The window is a ring buffer (:class:`koopax.RingWindow`, written in place) and the
 DMD refresh uses ``C`` as the row count in the rank policy's noise threshold
 in both phases (identical to :func:`koopax.kga` when ``C = N``).
@@ -80,6 +93,8 @@ class MaskedColumns(NamedTuple):
         slot could hold (treated as masked).
       masked_fraction: float32 fraction of all weights the criterion excluded.
       num_mask_updates: int32 mask decisions taken.
+      fades: tuple of float32 ``(c_l,)`` fades of the kept weights (0 at
+        padding slots): the compact window stores the increments times these.
     """
 
     window: RingWindow
@@ -91,6 +106,7 @@ class MaskedColumns(NamedTuple):
     num_overflow: jax.Array
     masked_fraction: jax.Array
     num_mask_updates: jax.Array
+    fades: tuple
 
 
 def _rows(slot_leaf):
@@ -147,13 +163,14 @@ def _live_ring(store: MaskedColumns) -> RingWindow:
 
 
 def _compact_products(store, tree):
-    """``X_I^T u_I`` as matrix products on the compact views (about 2x faster than
-    multiply-and-reduce at ``c_l ~ 1e5``) and the kept entries' ``|u_I,l|^2``."""
+    """``(G X_I)^T (G u_I)`` as matrix products on the compact views (about 2x faster
+    than multiply-and-reduce at ``c_l ~ 1e5``) and the kept entries' ``|u_I,l|^2``."""
     uc = compaction.gather(tree, store.indices)
     slots = compact_slots(store)
     acc = [tree_math.accumulation_dtype(jnp.result_type(s, x)) for s, x in zip(slots, uc)]
-    products = jnp.stack([jnp.matmul(s.astype(dt), x.astype(dt), precision=_HIGHEST)
-                          .astype(jnp.float32) for s, x, dt in zip(slots, uc, acc)])
+    products = jnp.stack([jnp.matmul(s.astype(dt), (x.astype(dt) * g.astype(dt)),
+                                     precision=_HIGHEST).astype(jnp.float32)
+                          for s, x, g, dt in zip(slots, uc, store.fades, acc)])
     return products, leaf_squares(uc)
 
 
@@ -167,15 +184,27 @@ def _compact_combination(store, coefficients, like):
     return compaction.scatter_add(jax.tree.map(jnp.zeros_like, like), store.indices, dc)
 
 
+def _faded(compact, fades, power=1):
+    """Compact vectors (``(c_l,)`` or ``(m, c_l)``) times ``fades ** power``; ``power=-1``
+    divides (0 where a fade is 0: the padding)."""
+    def one(x, g):
+        g = g.astype(x.dtype)
+        return x * g if power == 1 else jnp.where(g > 0, x / jnp.where(g > 0, g, 1), 0)
+    return tuple(one(x, g) for x, g in zip(compact, fades, strict=True))
+
+
 def _to_compact(mask, store: MaskedColumns, sizes, caps) -> MaskedColumns:
     w = store.window
-    keep = jax.tree.map(jnp.logical_not, mask.exclude(_inputs(w)))
+    fade = masks.fade(mask, _inputs(w))
+    keep = jax.tree.map(lambda g: g >= masks.MIN_FADE, fade)
     indices, num_kept, num_wanted = compaction.compact_indices(keep, caps)
-    slots = tuple(compaction.gather_rows(_rows(s), i)
-                  for s, i in zip(jax.tree.leaves(w.slots), indices))
+    fades = compaction.gather(fade, indices)
+    slots = _faded(tuple(compaction.gather_rows(_rows(s), i)
+                         for s, i in zip(jax.tree.leaves(w.slots), indices)), fades)
+    last = _faded(compaction.gather(w.last, indices), fades)
     return store._replace(
         compact=jnp.array(True), indices=indices, window=_store_compact(w, slots),
-        compact_window=_compact_ring(compaction.gather(w.last, indices), slots, w.num_snapshots),
+        compact_window=_compact_ring(last, slots, w.num_snapshots), fades=fades,
         last_decision=w.num_snapshots, num_kept=num_kept,
         num_overflow=num_wanted - num_kept,
         masked_fraction=(1.0 - num_wanted / sum(sizes)).astype(jnp.float32),
@@ -183,14 +212,20 @@ def _to_compact(mask, store: MaskedColumns, sizes, caps) -> MaskedColumns:
 
 
 def _shrink(mask, store: MaskedColumns, sizes) -> MaskedColumns:
-    cw = store.compact_window._replace(slots=compact_slots(store))
-    keep = tuple(jnp.logical_not(e) for e in mask.exclude(_inputs(cw)))
+    cw = store.compact_window
+    plain = _faded(compact_slots(store), store.fades, -1)     # X_I: the criterion's view
+    last = _faded(cw.last, store.fades, -1)
+    ring = _compact_ring(last, plain, cw.num_snapshots)._replace(slots=plain)
+    fade = tuple(masks.fade(mask, _inputs(ring)))
+    keep = tuple(g >= masks.MIN_FADE for g in fade)
     indices, positions, num_kept = compaction.recompact(store.indices, keep, sizes)
-    slots = tuple(compaction.gather_rows(s, p) for s, p in zip(cw.slots, positions))
+    fades = compaction.take(fade, positions)
+    slots = _faded(tuple(compaction.gather_rows(s, p) for s, p in zip(plain, positions)), fades)
     excluded_total = sum(sizes) - num_kept - store.num_overflow
     return store._replace(
-        compact_window=_compact_ring(compaction.take(cw.last, positions), slots, cw.num_snapshots),
-        window=_store_compact(store.window, slots), indices=indices,
+        compact_window=_compact_ring(_faded(compaction.take(last, positions), fades), slots,
+                                     cw.num_snapshots),
+        window=_store_compact(store.window, slots), indices=indices, fades=fades,
         last_decision=cw.num_snapshots, num_kept=num_kept,
         masked_fraction=(excluded_total / sum(sizes)).astype(jnp.float32),
         num_mask_updates=store.num_mask_updates + 1)
@@ -206,7 +241,8 @@ def _push_full(store: MaskedColumns, params):
 def _push_compact(store: MaskedColumns, params):
     cw = store.compact_window._replace(slots=compact_slots(store))
     old = cw.leaf_grams
-    cw, rows = snapshots.ring_push_rows(cw, compaction.gather(params, store.indices))
+    cw, rows = snapshots.ring_push_rows(
+        cw, _faded(compaction.gather(params, store.indices), store.fades))
     window = _store_compact(store.window, cw.slots)
     # The full snapshot stays current in the compact phase too: a rollback restores it.
     window = window._replace(last=jax.tree.map(lambda p, l: p.astype(l.dtype), params,
@@ -247,7 +283,8 @@ class MaskedVariant:
             compact=jnp.array(False), last_decision=jnp.zeros((), jnp.int32),
             num_kept=jnp.zeros((), jnp.int32), num_overflow=jnp.zeros((), jnp.int32),
             masked_fraction=jnp.zeros((), jnp.float32),
-            num_mask_updates=jnp.zeros((), jnp.int32))
+            num_mask_updates=jnp.zeros((), jnp.int32),
+            fades=tuple(jnp.zeros((c,), jnp.float32) for c in caps))
 
     def reference(self, store):
         """The newest recorded snapshot (parameter dtypes): what the parameters are
