@@ -148,6 +148,11 @@ def _check_margin(margin):
     validation.number(margin, "margin", low=0.0, what="a finite number >= 0")
 
 
+# --------------------------------------------------------------------------
+# Scores against a threshold, and their fades
+# --------------------------------------------------------------------------
+
+
 # Below this fade a kept weight is dropped: it would take at most 1e-6 of a
 # correction, and its stored increments (multiplied by the fade) would lose
 # their relative precision.
