@@ -20,8 +20,8 @@ the last ``m`` increments ``d_i = w_{i+1} - w_i`` and their Gram matrix):
   the movement weight ``j`` still has ahead of it from the transient (stable
   and unstable) modes, ``t_k`` how transient mode ``k`` is
   (:func:`transient_weights`: 0 in the neutral band ``||lambda| - 1| <= eps``,
-  1 from ``2 eps`` out, smooth in between; the paper's classes are its 0/1
-  version), at weight snapshot ``i`` (``w_0`` the oldest snapshot of
+  1 from ``2 eps`` out, smooth in between; **[choice]**: the paper's classes
+  are its 0/1 version), at weight snapshot ``i`` (``w_0`` the oldest snapshot of
   the window, ``w_m`` the newest), evaluated for the last ``s = window``
   snapshots ``i = m - s + 1, ..., m``. Weight ``j`` is excluded when
   ``S_{i,j} < epsilon`` for every one of them. Neutral increment modes
@@ -39,7 +39,7 @@ Each criterion is a score against a threshold (``|w_j|``, ``max_i |d_{i,j}|``,
 
 0 at the threshold, 1 from ``(1 + mu) threshold`` up, and
 :func:`koopax.masked_kga` accelerates weight ``j`` in proportion to it
-(a deliberate deviation from the paper's 0/1 mask, whose keep/drop decision
+(**[choice]**, a deviation from the paper's 0/1 mask, whose keep/drop decision
 flips under round-off for the weights that sit on the threshold: a sharded
 run then left the single-device one by a whole correction). A weight whose
 fade is below ``1e-6`` is excluded. ``margin=0`` is the paper's hard mask.

@@ -4,7 +4,8 @@ Instead of ``h - 1`` parameter-sized increments (:func:`koopax.kga`), the state
 holds an orthonormal basis ``B`` of ``basis_size`` directions and the last
 increments' coordinates ``Z = B^T D`` (an ``(h-1) x basis_size`` matrix). Each
 snapshot's increment ``d`` is split into ``B z + r``; while the basis is not
-full, ``r / |r|`` becomes a new direction (when ``|r| > 0.1 |d|``); after
+full, ``r / |r|`` becomes a new direction (when ``|r| > 0.1 |d|``, **[choice]**:
+a weaker residual's direction is round-off, see ``_NEW_DIRECTION_TOL``); after
 that, every ``refresh_every`` snapshots the basis is re-oriented towards the
 principal directions of ``[Z; z]`` extended by ``r`` (a streaming POD,
 Hemati et al. 2014), or fixed once filled (``refresh_every=None``, the
