@@ -26,7 +26,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from koopax._src.tree_math import pair, unzip
 
 
 def _same_bits(a, b):
@@ -38,22 +37,20 @@ def _same_bits(a, b):
 def restore_updates(params, saved, updates):
     """Updates that move ``params`` to ``saved`` exactly, in one or two steps.
 
-    Returns ``(updates, done)``: ``done`` is True when
-    ``optax.apply_updates(params, updates)`` equals ``saved`` bit for bit;
-    otherwise the mismatching weights land next to it (or on ``+0``) and a
-    second call from there is exact (module docstring).
+    ``optax.apply_updates(params, updates)`` is ``saved`` bit for bit where
+    one step reaches it; the other weights land next to it (or on ``+0``),
+    and a second call from there is exact (module docstring). Callers always
+    take that second step, so nothing reports whether the first was exact.
 
     Examples:
       >>> import jax.numpy as jnp, optax
       >>> from koopax._src.restore import restore_updates
       >>> p, s = {"w": jnp.float32(1.0)}, {"w": jnp.float32(1e-8)}
-      >>> u, done = restore_updates(p, s, p)
-      >>> bool(done), float(optax.apply_updates(p, u)["w"])        # via +0
-      (False, 0.0)
-      >>> p = optax.apply_updates(p, u)
-      >>> u, done = restore_updates(p, s, p)
-      >>> bool(done), float(optax.apply_updates(p, u)["w"]) == float(s["w"])
-      (True, True)
+      >>> p = optax.apply_updates(p, restore_updates(p, s, p))
+      >>> float(p["w"])                                            # via +0
+      0.0
+      >>> float(optax.apply_updates(p, restore_updates(p, s, p))["w"]) == float(s["w"])
+      True
     """
     def leaf(p, s, u):
         ct = jnp.result_type(p, u)
@@ -65,11 +62,8 @@ def restore_updates(params, saved, updates):
         step, land = landing(p)
         ok = _same_bits(land, s)
         near = _same_bits(landing(land)[1], s)           # a second step from land is exact
-        return pair(jnp.where(ok | near, step, (-p).astype(u.dtype)), jnp.all(ok))
+        return jnp.where(ok | near, step, (-p).astype(u.dtype))
 
-    new, oks = unzip(jax.tree.map(leaf, params, saved, updates))
-    oks = jax.tree.leaves(oks)
-    done = jnp.stack(oks).all() if oks else jnp.array(True)
-    return new, done
+    return jax.tree.map(leaf, params, saved, updates)
 
 

@@ -235,7 +235,7 @@ def _guarded_snapshot(cfg, columns, blocks, state: KGAState, params, ahead):
     rb = state.rollback
     roll, valve = safety.verdict(state.valve, rb)
     restore = roll | rb.restoring
-    step, _ = restore_updates(params, columns.reference(state.columns), params)
+    step = restore_updates(params, columns.reference(state.columns), params)
     state = _snapshot(cfg, columns, blocks, state._replace(valve=valve), params, ahead,
                       allowed=~restore)
     if cfg.strategy == "increment":   # the correction just made, or none
@@ -311,7 +311,7 @@ def _apply(cfg, columns, blocks, state: KGAState, updates, take, params):
         return state, corrected
     saved = columns.reference(state.columns)
     corrected, _ = maybe_apply(
-        replace, lambda c: (restore_updates(c[1], saved, c[0])[0], c[1]), (corrected, params))
+        replace, lambda c: (restore_updates(c[1], saved, c[0]), c[1]), (corrected, params))
     return state, corrected
 
 

@@ -163,7 +163,7 @@ def _restore(cfg: Config, state: PDTState, updates, window, params):
     the weights, or a run on 8 devices and the same run on 1 would fall one
     step out of phase after a rollback.
     """
-    upd, _ = restore_updates(params, state.rollback.saved, updates)
+    upd = restore_updates(params, state.rollback.saved, updates)
     if cfg.predictor.fit_on == "optimizer":   # the newest increment is w_sgd - w_ref: keep it out
         window = window._replace(last=jax.tree.map(lambda s, l: s.astype(l.dtype),
                                                    state.rollback.saved, window.last))
@@ -272,7 +272,7 @@ def _training_step(cfg: Config, updates, state: PDTState, params, value):
 
 
 def _restore_step(updates, state: PDTState, params):
-    new, _ = restore_updates(params, state.rollback.saved, updates)
+    new = restore_updates(params, state.rollback.saved, updates)
     return new, state._replace(rollback=state.rollback._replace(restoring=jnp.asarray(False)),
                                count=optax.safe_increment(state.count))
 
