@@ -5,7 +5,7 @@ A benchmark module declares what it is as data, a :class:`Benchmark` named
 ``--quick`` value), the common flags it takes and the function that runs it.
 This module turns that into the argument parser, fills the defaults (the
 ``--quick`` ones under ``--quick``), parses and checks the values (an error
-names the option) and runs it. Declared so far: memory, overhead, nnx_cost, pdt_jump,
+names the option) and runs it. Declared so far: memory, overhead, nnx_cost, devices, damping, pdt_jump,
 peer_pdt, depth and goals; convergence, workloads, kga_defaults and
 reproduction keep their own argparse parser behind the same command (their
 ``main(argv)``). :data:`NAMES` is the table of benchmarks; ``python -m
@@ -37,7 +37,7 @@ __all__ = ["Benchmark", "NAMES", "Option", "get", "main", "parse_args"]
 #: Every benchmark, ``python -m benchmarks NAME`` (module ``benchmarks.NAME``), in the
 #: order ``--list`` prints them.
 NAMES = ("memory", "overhead", "nnx_cost", "devices", "pdt_jump", "peer_pdt", "depth", "kga_defaults",
-         "convergence", "workloads", "reproduction", "goals")
+         "convergence", "damping", "workloads", "reproduction", "goals")
 #: The common flags a benchmark may take.
 FLAGS = ("quick", "plots", "progress", "rerun")
 _SAME = object()

@@ -50,6 +50,13 @@ Usage (from the repository root)::
     python -m benchmarks.convergence --tune --schedule cosine
     python -m benchmarks.convergence --tasks digits_mlp,mnist1d_mlp --bases sgd --tune
     python -m benchmarks.convergence --quick [--tune]      # smoke run: 1 epoch, 1 seed
+    python -m benchmarks.convergence --tune --schedule cosine \
+        --rates-from benchmarks/results/convergence_tuned_cosine/tuned_cosine.json
+
+``--rates-from FILE`` (with ``--tune``) takes each pair's tuned rate (and
+schedule-free AdamW's, where the file has it) from the sweeps of an earlier
+``tuned[_cosine].json`` instead of sweeping again, and skips the default-rate
+run: the tuned base, the methods on top of it and the alternatives only.
 
 Writes under ``--output-dir`` (default ``benchmarks/results/convergence``):
 ``<task>_<base>[_cosine]/`` (the default-rate run: the harness's JSON and
@@ -143,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", action="store_true",
                    help="sweep the base's rate until the best is interior; run every method "
                         "on top of it; headline = ratios to the tuned base (tuned.md)")
+    p.add_argument("--rates-from", metavar="FILE",
+                   help="--tune: the tuned rates of an earlier tuned[_cosine].json (its "
+                        "sweeps); no sweep and no default-rate run")
     p.add_argument("--max-doublings", type=positive_int, default=6,
                    help="--tune: most factors of 2 away from the configured rate")
     p.add_argument("--no-alternatives", dest="alternatives", action="store_false",
@@ -165,6 +175,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.output_dir = args.output_dir or default_output_dir(args.quick, "convergence")
     if args.tasks is None:
         args.tasks = list(MLP_CNN_TASKS if args.schedule == "cosine" else TASKS)
+    if args.rates_from and not args.tune:
+        build_parser().error("--rates-from needs --tune")
     return args
 
 
@@ -236,12 +248,26 @@ def sweep_pair(task: str, base: str, args, default_results) -> dict[str, Any] | 
     return None if missing else sweep
 
 
-def tuned_pair(task: str, base: str, args, default_results):
-    """``(sweep, results at the tuned rate)`` of (task, base), or ``None`` (``--collect``)."""
-    sweep = sweep_pair(task, base, args, default_results)
+def stored_sweeps(path: str, schedule: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """``(task, base) -> sweep`` of an earlier ``tuned[_cosine].json`` (``--rates-from``);
+    schedule-free AdamW's sweeps are under ``(task, SCHEDULE_FREE)``."""
+    with open(path) as f:
+        data = json.load(f)
+    data = data.get("tuned", data)
+    if data.get("schedule", "constant") != schedule:
+        raise ValueError(f"--rates-from {path}: its schedule is {data.get('schedule')!r}, "
+                         f"not {schedule!r}")
+    return {(s["task"], s["base"]): {k: v for k, v in s.items() if k not in ("task", "base")}
+            for s in data["sweeps"]}
+
+
+def tuned_pair(task: str, base: str, args, default_results, sweep=None):
+    """``(sweep, results at the tuned rate)`` of (task, base), or ``None`` (``--collect``).
+    ``sweep`` given (``--rates-from``): its rate, no sweep."""
+    sweep = sweep or sweep_pair(task, base, args, default_results)
     if sweep is None:
         return None
-    if sweep["learning_rate"] == sweep["start"]:
+    if default_results is not None and sweep["learning_rate"] == sweep["start"]:
         return sweep, default_results   # the methods already ran at that rate
     config = task_config(task, base, args, learning_rate=sweep["learning_rate"], factors=())
     results = run_or_load(config, os.path.join(args.output_dir,
@@ -465,9 +491,10 @@ def tuned_markdown(rows, totals, sweeps, default_rows, schedule) -> str:
             for k, v in s["scores"].items())
         lines.append(f"| {s['task']} | {s['base']} | {s['start']:g} | {s['learning_rate']:g} "
                      f"| {'yes' if s['interior'] else 'no'} | {scores} |")
-    lines += ["", "## Secondary view: the default rate", "",
-              "Ratios of the medians over seeds, method / base at the task's default rate.", "",
-              markdown_table(default_rows)]
+    if default_rows:        # none with --rates-from
+        lines += ["", "## Secondary view: the default rate", "",
+                  "Ratios of the medians over seeds, method / base at the task's default rate.",
+                  "", markdown_table(default_rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -508,17 +535,24 @@ def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
     os.makedirs(args.output_dir, exist_ok=True)
     rows, headline, sweeps, sf_sweeps = [], [], [], {}
+    stored = stored_sweeps(args.rates_from, args.schedule) if args.rates_from else {}
     for task in args.tasks:
         for base in args.bases:
-            default = run_or_load(task_config(task, base, args),
-                                  os.path.join(args.output_dir, pair_name(task, base, args)),
-                                  args)
-            if default is None:
-                continue
-            rows += rows_of(task, base, default["summary"])
-            if not args.tune:
-                continue
-            tuned = tuned_pair(task, base, args, default)
+            if args.rates_from:
+                if (task, base) not in stored:
+                    raise ValueError(f"--rates-from {args.rates_from} has no sweep of "
+                                     f"{task} x {base}")
+                tuned = tuned_pair(task, base, args, None, stored[(task, base)])
+            else:
+                default = run_or_load(task_config(task, base, args),
+                                      os.path.join(args.output_dir,
+                                                   pair_name(task, base, args)), args)
+                if default is None:
+                    continue
+                rows += rows_of(task, base, default["summary"])
+                if not args.tune:
+                    continue
+                tuned = tuned_pair(task, base, args, default)
             if tuned is None:
                 continue
             sweep, results = tuned
@@ -530,7 +564,8 @@ def main(argv=None) -> dict[str, Any]:
             if not args.alternatives:
                 continue
             if task not in sf_sweeps:
-                sf_sweeps[task] = schedule_free_sweep(task, args)
+                sf_sweeps[task] = (stored.get((task, SCHEDULE_FREE))
+                                   or schedule_free_sweep(task, args))
                 if sf_sweeps[task] is not None:
                     sweeps.append(dict(task=task, base=SCHEDULE_FREE, **sf_sweeps[task]))
             if sf_sweeps[task] is None:

@@ -8,7 +8,7 @@ them; there is no second training loop. Three legacy behaviours are kept:
 (the new API rejects them), fills the KGA family's ``alpha`` /
 ``num_snapshots`` with this module's old defaults (1.0 and 6), and keeps the
 step clock (``clock='steps'``: it is not given the base's learning rate nor the
-run's length that the harness's default ``clock='rate'`` needs).
+run's length that ``clock='rate'``, PDT's default in the harness, needs).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ timing is asserted, only that every number is there, finite and consistent.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -340,3 +341,30 @@ def test_devices_declares_its_steps_and_tabulates_the_gap():
     eight = [(w(1.0), 2.0), (w(1.5), 1.0), (w(9.0), 3.0), (w(9.0), 9.0)]
     assert devices.gap_before_divergence(one, eight) == (2, 0.5)
 
+
+
+def test_damping_parses_its_pairs_and_counts_the_seeds_that_reach():
+    from benchmarks import damping
+    assert damping.parse_pair("mnist1d_mlp:momentum:0.1") == ("mnist1d_mlp", "momentum", 0.1,
+                                                              "constant")
+    assert damping.parse_pair("digits_mlp:adam:0.032:cosine")[3] == "cosine"
+    for bad in ("mnist1d_mlp:momentum", "nope:sgd:1", "digits_mlp:sgd:1:linear",
+                "digits_mlp:sgd:-1"):
+        with pytest.raises((ValueError, argparse.ArgumentTypeError)):
+            damping.parse_pair(bad)
+    assert cli.parse_args("damping", ["--quick"]).seeds == 1
+    assert len(cli.parse_args("damping", []).pairs) == 24
+    run = lambda final: {"train_loss": [1.0, final]}
+    summary = lambda reached, ratios: dict(
+        reached=reached, num_seeds=2, epochs_ratios=ratios,
+        epochs_ratio_paired=dict(median=0.8, min=0.7, max=0.9),
+        time_ratio_paired=dict(median=1.1, min=1.0, max=1.2))
+    results = {"summary": {"kga": summary(2, [0.7, 0.9]), "kga_undamped": summary(1, [0.7, None])},
+               "runs": {"base": [run(0.2), run(0.2)], "kga": [run(0.1), run(0.1)],
+                        "kga_undamped": [run(0.3), run(0.3)]}}
+    row = damping.pair_row("p", results)
+    assert row["kga"]["worst"] == 0.9 and row["kga_undamped"]["worst"] is None
+    table = damping.markdown([row])
+    assert "| p | 2/2 | 0.80 [0.70-0.90] | 1.10 | 0.50 | 1/2 | 0.80 [0.70-n.r.] | 1.10 | 1.50 |" in table
+    assert "kga: every seed reaches in 1/1 pairs (2/2 seeds)" in table
+    assert "kga_undamped: every seed reaches in 0/1 pairs (1/2 seeds)" in table

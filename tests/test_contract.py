@@ -103,7 +103,8 @@ def bump(i):
 # alone). Every other argument is a numeric hyperparameter and must be either
 # traceable (Config.traceable) or rejected with a TypeError naming static_args.
 NOT_NUMBERS = {"mask", "snapshot_dtype", "criteria", "quantity_bounds", "rollback",
-               "authors_schedule", "fit_on", "mode", "per_leaf", "blocks", "learning_rate"}
+               "damp_oscillations", "authors_schedule", "fit_on", "mode", "per_leaf", "blocks",
+               "learning_rate"}
 # Numeric stand-ins for arguments whose value in the table is not a number.
 NUMERIC_SAMPLES = {"rank": 2, "rcond": 1e-3, "apply_every": 2, "basis_size": 2,
                    "min_interval": 1, "max_interval": 8, "start": 3, "total_steps": 100}

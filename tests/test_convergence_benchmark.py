@@ -218,6 +218,37 @@ def test_tune_adds_the_control_and_schedule_free_rows(tmp_path, monkeypatch):
     assert calls == []
 
 
+def test_rates_from_an_earlier_sweep_run_only_the_tuned_rate(tmp_path, monkeypatch):
+    from examples.methods import SCHEDULE_FREE
+
+    calls = _fake_training(monkeypatch)
+    common = ["--tune", "--tasks", "digits_mlp", "--bases", "sgd", "--methods", "kga",
+              "--seeds", "3", "--no-plots"]
+    convergence.main(common + ["--output-dir", str(tmp_path / "first")])
+    first = [(c.learning_rate, c.optimizer) for c, _ in calls]
+    calls.clear()
+    out = convergence.main(common + ["--output-dir", str(tmp_path / "again"), "--rates-from",
+                                     str(tmp_path / "first" / "tuned.json")])
+    start = convergence.TASKS["digits_mlp"]["lr"]["sgd"]
+    adam = convergence.TASKS["digits_mlp"]["lr"]["adam"]
+    # No sweep, no default-rate run: the tuned run and the alternatives, at the rates found.
+    assert [(c.learning_rate, c.methods) for c, _ in calls] == [(4 * start, ("kga",)),
+                                                                (4 * start, ())]
+    assert calls[1][0].extra_rows[SCHEDULE_FREE]["learning_rate"] == 4 * adam
+    assert len(first) > len(calls)
+    assert [r["method"] for r in out["tuned"]["rows"]] == ["kga", "control", SCHEDULE_FREE]
+    assert "Secondary view" not in (tmp_path / "again" / "tuned.md").read_text()
+    with pytest.raises(ValueError, match="schedule"):
+        convergence.main(common + ["--schedule", "cosine", "--output-dir", str(tmp_path / "x"),
+                                   "--rates-from", str(tmp_path / "first" / "tuned.json")])
+    with pytest.raises(ValueError, match="no sweep of digits_mlp x adam"):
+        convergence.main(common[:4] + ["adam"] + common[5:] + [
+            "--output-dir", str(tmp_path / "y"), "--rates-from",
+            str(tmp_path / "first" / "tuned.json")])
+    with pytest.raises(SystemExit):
+        convergence.parse_args(["--rates-from", "x.json"])
+
+
 def test_method_totals_and_goals():
     rows = [dict(method="kga", time_ratio=t, epochs_ratio=e, test_acc_diff=a)
             for t, e, a in [(0.7, 0.6, 0.1), (0.8, 0.7, -0.2), (1.0, 0.5, 0.0)]]

@@ -91,8 +91,10 @@ def test_kga_reaches_lower_loss_than_sgd_on_a_quadratic(variant):
     assert got[-1] < 0.95 * base[-1] and got[200] < base[200]
 
 
-def numpy_kga_reference(snaps, u, alpha, epsilon):
-    """KGA per the paper with exact eigen-decomposition (NumPy, float64)."""
+def numpy_kga_reference(snaps, u, alpha, epsilon, damp=True):
+    """KGA per the paper with exact eigen-decomposition (NumPy, float64): stable modes
+    that decay forward gain ``1 + alpha lambda``; with ``damp`` oscillating ones
+    (``Re lambda < -eps``) gain ``1 / (1 - lambda)``, their centre."""
     d = np.diff(snaps, axis=0).T  # N x m increments
     x, y = d[:, :-1], d[:, 1:]
     uu, s, vt = np.linalg.svd(x, full_matrices=False)
@@ -100,12 +102,12 @@ def numpy_kga_reference(snaps, u, alpha, epsilon):
     uu, s, v = uu[:, :r], s[:r], vt[:r].T
     atilde = uu.T @ y @ v / s
     lam, q = np.linalg.eig(atilde)
-    stable = np.abs(lam) < 1 - epsilon
-    left = np.linalg.inv(q)
-    a = uu.T @ u
-    c = left[stable] @ a
-    a_new = a + alpha * q[:, stable] @ (lam[stable] * c)
-    return (u + uu @ (a_new - a)).real, lam
+    inside = np.abs(lam) < 1 - epsilon
+    stable, oscillating = inside & (lam.real > epsilon), inside & (lam.real < -epsilon)
+    c = np.linalg.inv(q) @ (uu.T @ u)
+    gain = np.where(stable, alpha * lam, 0.0) + (
+        np.where(oscillating, lam / (1 - lam), 0.0) if damp else 0.0)
+    return (u + uu @ (q @ (gain * c))).real, lam
 
 
 def linear_increment_snapshots(n=30, h=6, eigenvalues=(0.9, 0.5, 1.0)):
@@ -154,6 +156,60 @@ def test_update_matches_the_paper_equations_and_scales_stable_modes():
     out_p, _ = tx2.update(jnp.asarray(w_perp, jnp.float32), state._replace(count=jnp.int32(1)),
                           jnp.zeros(n))
     np.testing.assert_allclose(np.asarray(out_p), w_perp, atol=1e-4)
+
+
+@pytest.mark.parametrize("damp", [True, False])
+@pytest.mark.parametrize("eigenvalues", [(0.9, -0.6, 1.0), (-0.6, 1.0, 1.01)])
+def test_an_oscillating_mode_is_moved_to_its_centre(damp, eigenvalues):
+    """Increments that flip sign (lambda = -0.6) are a bounce, not a transient: the
+    update along that mode takes ``1 / (1 - lambda) = 0.625`` (its remaining
+    displacement, to the centre); ``damp_oscillations=False`` (the paper) leaves it.
+    A decaying mode (0.9) still gains ``1 + alpha lambda``, neutral ones 1; with no
+    decaying mode at all the oscillating one is still damped."""
+    rng, basis, lam, snaps = linear_increment_snapshots(eigenvalues=eigenvalues)
+    n, h = snaps.shape[1], snaps.shape[0]
+    make = functools.partial(no_rollback.kga, 0.7, num_snapshots=h, epsilon=0.02, rank=3,
+                             damp_oscillations=damp)
+    tx = make(snapshot_every=1)
+    state = tx.init(jnp.zeros(n))
+    for w in snaps:
+        _, state = jax.jit(tx.update)(jnp.zeros(n), state, jnp.asarray(w, jnp.float32))
+    assert int(state.operator.num_stable[0]) == int(0.9 in eigenvalues)
+    assert int(state.operator.num_damped[0]) == int(damp)
+    at_rest = state._replace(count=jnp.int32(1))       # a step that records no snapshot
+    tx2 = make(snapshot_every=1000, apply_every=1)
+    correct = lambda u: np.asarray(tx2.update(jnp.asarray(u, jnp.float32), at_rest,
+                                              jnp.zeros(n))[0])
+    u = rng.normal(size=n)
+    ref, _ = numpy_kga_reference(snaps, u, 0.7, 0.02, damp=damp)
+    np.testing.assert_allclose(correct(u), ref, atol=2e-4 * np.abs(ref).max())
+    gains = {0.9: 1 + 0.7 * 0.9, -0.6: 1 / 1.6 if damp else 1.0, 1.0: 1.0, 1.01: 1.0}
+    for k, value in enumerate(lam):
+        np.testing.assert_allclose(correct(basis[:, k]), gains[value] * basis[:, k], atol=1e-3)
+
+
+def test_the_damping_follows_the_gain_and_never_reverses_the_base():
+    """Below the full gain (``s = min(alpha, (max_gain - 1) / |M|) < alpha``: the
+    bound caps it), an oscillating mode is damped less, never past its centre."""
+    rng, basis, lam, snaps = linear_increment_snapshots(eigenvalues=(0.9, -0.6, 1.0))
+    n, h = snaps.shape[1], snaps.shape[0]
+    for alpha, max_gain in ((0.7, 10.0), (50.0, 1.5), (1e6, 10.0)):
+        tx = no_rollback.kga(alpha, num_snapshots=h, snapshot_every=1, epsilon=0.02, rank=3,
+                             max_gain=max_gain)
+        state = tx.init(jnp.zeros(n))
+        for w in snaps:
+            _, state = jax.jit(tx.update)(jnp.zeros(n), state, jnp.asarray(w, jnp.float32))
+        tx2 = no_rollback.kga(alpha, num_snapshots=h, snapshot_every=1000, epsilon=0.02,
+                              rank=3, apply_every=1, max_gain=max_gain)
+        v = basis[:, 1]
+        out, _ = tx2.update(jnp.asarray(v, jnp.float32), state._replace(count=jnp.int32(1)),
+                            jnp.zeros(n))
+        gain = float(np.asarray(out) @ v)
+        assert 1 / 1.6 - 1e-3 <= gain <= 1.0 + 1e-4, (alpha, max_gain, gain)
+        if alpha == 0.7:
+            assert gain == pytest.approx(1 / 1.6, abs=1e-3)
+        else:       # s << alpha: almost the base
+            assert gain > 0.95
 
 
 @pytest.mark.parametrize("variant", KGA_VARIANTS[:2])
@@ -261,6 +317,7 @@ BAD_ARGS = [
     (dict(snapshot_dtype=jnp.int32), "snapshot_dtype"),
     (dict(max_gain=1.0), "max_gain"),
     (dict(rcond=1.5), "rcond"),
+    (dict(damp_oscillations="yes"), "damp_oscillations"),
 ]
 
 

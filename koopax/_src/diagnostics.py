@@ -31,7 +31,8 @@ def find_states(tree) -> list[tuple[str, Any]]:
 def _kga(state: KGAState) -> dict[str, Any]:
     out = dict(
         eigenvalues=state.operator.eigenvalues, rank=state.operator.rank,
-        num_stable=state.operator.num_stable, num_refreshes=state.num_refreshes,
+        num_stable=state.operator.num_stable, num_damped=state.operator.num_damped,
+        num_refreshes=state.num_refreshes,
         num_nonfinite=state.num_nonfinite, num_clipped=state.num_clipped,
         alpha_factor=state.valve.alpha_factor, num_backoffs=state.valve.num_backoffs)
     if isinstance(state.columns, MaskedColumns):
@@ -64,7 +65,8 @@ def diagnostics(opt_state) -> dict[str, Any]:
     """The diagnostics of the one koopax state inside ``opt_state``, by name.
 
     KGA (every variant): ``eigenvalues`` ``(B, h-2)`` and ``rank``,
-    ``num_stable`` ``(B,)`` per block; ``num_refreshes``, ``num_nonfinite``,
+    ``num_stable`` (amplified) and ``num_damped`` (oscillating) ``(B,)`` per
+    block; ``num_refreshes``, ``num_nonfinite``,
     ``num_clipped``; the valve's ``alpha_factor`` and ``num_backoffs``; masked
     KGA adds ``num_kept``, ``num_overflow``, ``masked_fraction``,
     ``num_mask_updates``. PDT and the baselines: ``eigenvalues``, ``rank``,

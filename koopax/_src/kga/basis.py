@@ -228,13 +228,14 @@ def efficient_kga(
     max_gain: jax.typing.ArrayLike = 10.0,
     rcond: float | None = None,
     rollback: bool = True,
+    damp_oscillations: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Efficient-KGA: KGA over a streaming basis of ``basis_size`` directions.
 
     Args:
       alpha, num_snapshots, snapshot_every, epsilon, rank, max_gain, rcond: as
         in :func:`koopax.kga` (one block: the basis is global).
-      learning_rate, total_steps, rollback: as in :func:`koopax.kga`.
+      learning_rate, total_steps, rollback, damp_oscillations: as in :func:`koopax.kga`.
       apply_every: ``k``: ``1`` (default) corrects every update; ``k > 1``
         (``None``: ``snapshot_every``) corrects the sum of ``k`` base updates,
         kept in one parameter-sized buffer: ``N`` more memory, which is what
@@ -278,7 +279,7 @@ def efficient_kga(
         alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
         learning_rate=learning_rate, total_steps=total_steps, increment=False, rank_cap=False,
-        rollback=rollback)
+        rollback=rollback, damp_oscillations=damp_oscillations)
     m = num_snapshots - 1
     size = basis_size or (rank if isinstance(rank, numbers.Integral) else m - 1)
     return engine.transformation(cfg, BasisVariant(size, refresh_every, m, snapshot_dtype))

@@ -145,7 +145,8 @@ def _refresh(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, p
     store = state.columns
     op = op_lib.block_operators(columns.dmd_grams(store, blocks), blocks, epsilon=cfg.epsilon,
                                 rank=cfg.rank, rcond=cfg.rcond,
-                                num_features=columns.num_features(params, blocks))
+                                num_features=columns.num_features(params, blocks),
+                                damping=_damping(cfg))
     new, refreshed, rejected = op_lib.install(
         state.operator, op, columns.ready(store), columns.to_columns(store, op.coefficients))
     keep = lambda n, o: jnp.where(ok, n, o)
@@ -155,11 +156,21 @@ def _refresh(cfg: Settings, columns: Columns, blocks: Blocks, state: KGAState, p
         num_nonfinite=state.num_nonfinite + jnp.where(ok, rejected, 0))
 
 
+def _damping(cfg: Settings):
+    """``w = 1 / alpha`` (0 at ``alpha = 0`` or without ``damp_oscillations``): at the
+    full gain ``s = alpha`` an oscillating mode moves exactly to its centre."""
+    if not cfg.damp_oscillations:
+        return 0.0
+    alpha = jnp.asarray(cfg.alpha, jnp.float32)
+    return jnp.where(alpha > 0, 1.0 / jnp.where(alpha > 0, alpha, 1.0), 0.0)
+
+
 def usable_scale(cfg: Settings, state: KGAState, ready):
     """``(s, active)``: each block's gain scale (valve included), and whether a correction applies."""
     scale = state.valve.alpha_factor * op_lib.gain_scale(cfg.alpha, cfg.max_gain,
                                                          state.operator.norm)
-    return scale, ready & jnp.any((scale > 0) & (state.operator.num_stable > 0))
+    modes = state.operator.num_stable + state.operator.num_damped
+    return scale, ready & jnp.any((scale > 0) & (modes > 0))
 
 
 def _count(state: KGAState, corr: op_lib.Correction) -> KGAState:

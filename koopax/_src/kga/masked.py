@@ -371,6 +371,7 @@ def masked_kga(
     max_gain=10.0,
     rcond=None,
     rollback: bool = True,
+    damp_oscillations: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """KGA on the weights ``mask`` keeps, on compact vectors.
 
@@ -379,8 +380,8 @@ def masked_kga(
         ``masks.delta``); ``num_snapshots`` must be at least ``mask.min_snapshots``.
       alpha, num_snapshots, snapshot_every, epsilon, rank, blocks: as in
         :func:`koopax.kga` (a block's DMD row count is its leaves' capacity).
-      learning_rate, total_steps, snapshot_dtype, max_gain, rcond, rollback: as
-        in :func:`koopax.kga`.
+      learning_rate, total_steps, snapshot_dtype, max_gain, rcond, rollback,
+        damp_oscillations: as in :func:`koopax.kga`.
       apply_every: ``1`` corrects every update (on compact vectors), ``None``
         or ``snapshot_every`` the newest increment at each snapshot (nothing
         between snapshots). Other values: ValueError.
@@ -412,7 +413,8 @@ def masked_kga(
     cfg = settings.make_settings(
         alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
-        learning_rate=learning_rate, total_steps=total_steps, blocks=blocks, rollback=rollback)
+        learning_rate=learning_rate, total_steps=total_steps, blocks=blocks, rollback=rollback,
+        damp_oscillations=damp_oscillations)
     if num_snapshots < mask.min_snapshots:
         raise ValueError(
             f"num_snapshots must be >= {mask.min_snapshots} for the {mask.name} mask "

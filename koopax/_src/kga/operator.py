@@ -4,14 +4,28 @@ The operator (KGA paper, Eqs. 10-13) from the Gram matrix of ``m``
 consecutive increments, ``X`` the first ``m - 1`` and ``Y`` the last::
 
     A~ = reduced DMD operator,   P_s = spectral projector onto |lambda| < 1 - eps, Re lambda > eps,
-    M = A~ P_s,                  K = V S^-1 M S^-1 V^T,
+                                 P_o = spectral projector onto |lambda| < 1 - eps, Re lambda < -eps,
+    M = A~ P_s + w A~ P_o (I - A~ P_o)^-1,      K = V S^-1 M S^-1 V^T,
 
 so that ``U M U^T u = X K X^T u`` over the stored increments (no basis is
 formed). ``P_s`` keeps the stable modes that decay forward: a stable mode
 with ``Re lambda <= eps`` (the increments flip sign from one period to the
 next) is an oscillation, not a slow transient, and its gain ``1 + s lambda``
 would shrink or reverse the base's progress (Efficient-KGA's per-update
-correction then spiked the loss 10-40x on the README's main job). With blocks (:mod:`koopax._src.blocks`) every block ``b`` has its own
+correction then spiked the loss 10-40x on the README's main job).
+
+**[choice]** Such an oscillating mode is *damped* instead (``w = 1 / alpha``,
+``damp_oscillations=True``; ``w = 0`` is the paper's KGA): its remaining
+displacement ``sum_{j >= 1} lambda^j = lambda / (1 - lambda)`` times the last
+one is the way back to the bounce's centre, so at the full gain ``s = alpha``
+the update along it takes the factor ``1 / (1 - lambda)``, in ``(1/2, 1)`` for
+a real ``lambda`` in ``(-1, 0)``. A smaller ``s`` (the bound, the valve) damps
+less, never past the centre and never reversing the base. It is the Koopman
+reading of iterate averaging: weights bouncing across a valley at the edge of
+stability (a tuned rate) move to its floor. For a complex ``lambda`` with
+``Re lambda < 0`` the factor has modulus below 1 too (``|1 - lambda| > 1``).
+
+With blocks (:mod:`koopax._src.blocks`) every block ``b`` has its own
 ``K_b`` from its own Gram matrix. The correction of a base displacement ``u``
 (one update, or the sum of several) is ``delta = X a`` with::
 
@@ -54,6 +68,8 @@ class Operator(NamedTuple):
       rank: int32 DMD rank.
       num_stable: int32 amplified eigenvalues: ``|lambda| < 1 - epsilon`` and
         ``Re lambda > epsilon``.
+      num_damped: int32 damped eigenvalues: ``|lambda| < 1 - epsilon`` and
+        ``Re lambda < -epsilon`` (0 with ``damping = 0``).
       finite: bool, everything above is finite.
     """
 
@@ -62,11 +78,16 @@ class Operator(NamedTuple):
     eigenvalues: jax.Array
     rank: jax.Array
     num_stable: jax.Array
+    num_damped: jax.Array
     finite: jax.Array
 
 
-def acceleration_operator(gram, *, epsilon, rank, num_features, rcond=None) -> Operator:
+def acceleration_operator(gram, *, epsilon, rank, num_features, rcond=None,
+                          damping=0.0) -> Operator:
     """KGA's operator ``K`` from the ``(m, m)`` Gram matrix of ``m`` consecutive increments.
+
+    ``damping``: ``w``, the weight of the oscillating modes' way to their
+    centre (the module docstring); ``0`` leaves them to the base.
 
     Examples:
       Increments ``d_{t+1} = 0.5 d_t`` (one stable mode): ``M = 0.5`` and, with
@@ -78,31 +99,57 @@ def acceleration_operator(gram, *, epsilon, rank, num_features, rcond=None) -> O
       >>> op = operator.acceleration_operator(d @ d.T, epsilon=0.01, rank="svht", num_features=2)
       >>> round(float(op.eigenvalues[0].real), 3), int(op.num_stable), round(float(op.norm), 3)
       (0.5, 1, 0.5)
+
+      Increments that flip sign, ``d_{t+1} = -0.8 d_t``, are damped: at ``w = 1``
+      the update along them is moved by ``lambda / (1 - lambda) = -0.444``:
+
+      >>> d = jnp.array([[1.0, 0.0], [-0.8, 0.0], [0.64, 0.0]])
+      >>> op = operator.acceleration_operator(d @ d.T, epsilon=0.01, rank="svht",
+      ...                                     num_features=2, damping=1.0)
+      >>> int(op.num_stable), int(op.num_damped), round(float(op.norm), 3)
+      (0, 1, 0.444)
     """
     k = gram.shape[0] - 1
     red = gram_operator(gram, rank=rank, num_features=num_features, rcond=rcond)
-    # Stable (|lambda| < 1 - eps) and decaying forward (Re lambda > eps): a mode
-    # whose increments flip sign from one period to the next is an oscillation,
-    # and 1 + alpha lambda < 1 would shrink or reverse the base's own progress on it.
-    projector = jnp.matmul(linalg.disk_projector(red.operator, 1.0 - epsilon),
-                           linalg.half_plane_projector(red.operator, epsilon),
+    # Amplified: stable (|lambda| < 1 - eps) and decaying forward (Re lambda > eps).
+    # A mode whose increments flip sign is an oscillation: 1 + alpha lambda < 1 would
+    # shrink or reverse the base's progress on it; it is moved to its centre instead.
+    disk = linalg.disk_projector(red.operator, 1.0 - epsilon)
+    projector = jnp.matmul(disk, linalg.half_plane_projector(red.operator, epsilon),
                            precision=_HIGHEST)
     m_op = jnp.matmul(red.operator, projector, precision=_HIGHEST)
+    if not (isinstance(damping, (int, float)) and damping == 0):
+        m_op = m_op + damping * _centring(red.operator, disk, epsilon)
     norm = jnp.linalg.norm(m_op, 2)
     vs = red.right_vectors * red.inverse_singular_values[None, :]
     coef = jnp.matmul(jnp.matmul(vs, m_op, precision=_HIGHEST), vs.T, precision=_HIGHEST)
     values = linalg.eigvals(red.operator, red.rank)
     valid = jnp.arange(k) < red.rank
     values = values[sort_eigenvalues(values, valid)]
-    num_stable = jnp.sum(valid & (jnp.abs(values) < 1.0 - epsilon)
-                         & (jnp.real(values) > epsilon)).astype(jnp.int32)
+    inside = valid & (jnp.abs(values) < 1.0 - epsilon)
+    num_stable = jnp.sum(inside & (jnp.real(values) > epsilon)).astype(jnp.int32)
+    num_damped = jnp.sum(inside & (jnp.real(values) < -epsilon)
+                         & (jnp.asarray(damping) > 0)).astype(jnp.int32)
     finite = jnp.all(jnp.isfinite(coef)) & jnp.isfinite(norm) & jnp.all(jnp.isfinite(values))
     return Operator(coef.astype(jnp.float32), norm.astype(jnp.float32),
-                    values.astype(jnp.complex64), red.rank, num_stable, finite)
+                    values.astype(jnp.complex64), red.rank, num_stable, num_damped, finite)
+
+
+def _centring(a, disk, epsilon):
+    """``A P_o (I - A P_o)^-1``: each oscillating mode's remaining displacement
+    ``lambda / (1 - lambda)`` (``P_o``: ``disk`` times ``Re lambda < -epsilon``).
+
+    ``I - A P_o`` has the eigenvalues ``1 - lambda`` (modulus above 1) on the
+    oscillating modes and 1 elsewhere, so the solve is well conditioned.
+    """
+    eye = jnp.eye(a.shape[0], dtype=a.dtype)
+    left = eye - linalg.half_plane_projector(a, -epsilon)
+    a_o = jnp.matmul(a, jnp.matmul(disk, left, precision=_HIGHEST), precision=_HIGHEST)
+    return jnp.linalg.solve((eye - a_o).T, a_o.T).T
 
 
 def block_operators(grams, blocks: Blocks, *, epsilon, rank, rcond=None,
-                    num_features=None) -> Operator:
+                    num_features=None, damping=0.0) -> Operator:
     """:func:`acceleration_operator` of every block's ``(m, m)`` Gram matrix (``grams``
     ``(B, m, m)``), side by side: an :class:`Operator` with a leading block axis.
 
@@ -111,7 +158,8 @@ def block_operators(grams, blocks: Blocks, *, epsilon, rank, rcond=None,
     ``vmap`` (one compiled solver whatever their number).
     """
     sizes = blocks.sizes if num_features is None else tuple(num_features)
-    solve = functools.partial(acceleration_operator, epsilon=epsilon, rank=rank, rcond=rcond)
+    solve = functools.partial(acceleration_operator, epsilon=epsilon, rank=rank, rcond=rcond,
+                              damping=damping)
     if len(sizes) == 1:
         return jax.tree.map(lambda x: x[None], solve(grams[0], num_features=sizes[0]))
     return jax.vmap(lambda g, n: solve(g, num_features=n))(
@@ -127,7 +175,8 @@ class OperatorState(NamedTuple):
       eigenvalues: ``(B, m-1)`` complex64 latest DMD eigenvalues, by decreasing
         modulus, 0-padded beyond ``rank``.
       rank: ``(B,)`` int32 DMD rank at the last refresh.
-      num_stable: ``(B,)`` int32 stable eigenvalues at the last refresh.
+      num_stable: ``(B,)`` int32 amplified (stable) eigenvalues at the last refresh.
+      num_damped: ``(B,)`` int32 damped (oscillating) eigenvalues at the last refresh.
     """
 
     coefficients: jax.Array
@@ -135,6 +184,7 @@ class OperatorState(NamedTuple):
     eigenvalues: jax.Array
     rank: jax.Array
     num_stable: jax.Array
+    num_damped: jax.Array
 
 
 def init_operator(num_blocks: int, columns: int, num_eigenvalues: int) -> OperatorState:
@@ -144,7 +194,8 @@ def init_operator(num_blocks: int, columns: int, num_eigenvalues: int) -> Operat
         norm=jnp.zeros((num_blocks,), jnp.float32),
         eigenvalues=jnp.zeros((num_blocks, num_eigenvalues), jnp.complex64),
         rank=jnp.zeros((num_blocks,), jnp.int32),
-        num_stable=jnp.zeros((num_blocks,), jnp.int32))
+        num_stable=jnp.zeros((num_blocks,), jnp.int32),
+        num_damped=jnp.zeros((num_blocks,), jnp.int32))
 
 
 def install(current: OperatorState, op: Operator, ready, coefficients):
@@ -160,7 +211,8 @@ def install(current: OperatorState, op: Operator, ready, coefficients):
         norm=jnp.where(good, op.norm, 0.0),
         eigenvalues=jnp.where(good[:, None], op.eigenvalues, current.eigenvalues),
         rank=jnp.where(good, op.rank, current.rank),
-        num_stable=jnp.where(good, op.num_stable, 0))
+        num_stable=jnp.where(good, op.num_stable, 0),
+        num_damped=jnp.where(good, op.num_damped, 0))
     rejected = jnp.any(ready & ~op.finite).astype(jnp.int32)
     return new, jnp.all(good).astype(jnp.int32), rejected
 

@@ -30,11 +30,13 @@ class Settings:
     apply_every: int
     blocks: Any            # the block policy (None, 'leaf', 'layer' or a callable)
     rollback: bool = False  # undo a correction after which the loss rose (needs value)
+    damp_oscillations: bool = True  # move oscillating modes to their centre
 
 
 def make_settings(*, alpha, num_snapshots, snapshot_every, apply_every, epsilon, rank,
                   max_gain, rcond, learning_rate=None, total_steps=None, blocks=None,
-                  rank_cap=True, increment=True, rollback=False) -> Settings:
+                  rank_cap=True, increment=True, rollback=False,
+                  damp_oscillations=True) -> Settings:
     """Validates the hyperparameters every KGA variant shares; builds the clock.
 
     ``apply_every``: ``None`` the newest increment at each snapshot, ``1``
@@ -68,6 +70,7 @@ def make_settings(*, alpha, num_snapshots, snapshot_every, apply_every, epsilon,
     validation.optional_fraction(rcond, "rcond")
     validate_blocks(blocks)
     validation.boolean(rollback, "rollback")
+    validation.boolean(damp_oscillations, "damp_oscillations")
     clock = make_clock(snapshot_every, learning_rate=learning_rate, total_steps=total_steps,
                        num_snapshots=num_snapshots)
     if apply_every is None and clock.counts_rate and increment:
@@ -78,6 +81,6 @@ def make_settings(*, alpha, num_snapshots, snapshot_every, apply_every, epsilon,
                     "increment" if (increment and apply_every == clock.snapshot_every
                                     and not clock.counts_rate) else "sum")
     return Settings(alpha, epsilon, max_gain, rank, rcond, clock, strategy, apply_every, blocks,
-                    rollback)
+                    rollback, damp_oscillations)
 
 

@@ -135,6 +135,7 @@ def kga(
     max_gain: jax.typing.ArrayLike = 10.0,
     rcond: float | None = None,
     rollback: bool = True,
+    damp_oscillations: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     """Koopman-based Gradient Acceleration; place it after the base optimizer.
 
@@ -180,6 +181,11 @@ def kga(
         beyond its noise, and back off the gain for good
         (``koopax._src.kga.safety``); ``update`` then requires ``value``
         (a ``ValueError`` names it). ``False``: only the bounds protect the run.
+      damp_oscillations: move the update along each stable mode whose increments
+        flip sign (``|lambda| < 1 - eps``, ``Re lambda < -eps``: weights bouncing
+        across a valley) towards that mode's centre, by the factor ``1 / (1 -
+        lambda)`` at the full gain (``koopax._src.kga.operator``). ``False``:
+        the paper's KGA, which leaves such modes to the base.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
@@ -220,5 +226,6 @@ def kga(
     cfg = settings.make_settings(
         alpha=alpha, num_snapshots=num_snapshots, snapshot_every=snapshot_every,
         apply_every=apply_every, epsilon=epsilon, rank=rank, max_gain=max_gain, rcond=rcond,
-        learning_rate=learning_rate, total_steps=total_steps, blocks=blocks, rollback=rollback)
+        learning_rate=learning_rate, total_steps=total_steps, blocks=blocks, rollback=rollback,
+        damp_oscillations=damp_oscillations)
     return engine.transformation(cfg, WindowColumns(num_snapshots - 1, snapshot_dtype))
