@@ -19,6 +19,8 @@ final training loss of each KGA over the base's.
 Writes ``damping.{json,md}`` and one run directory per pair under
 ``--output-dir`` (default ``benchmarks/results/damping``); runs on disk are
 reused unless ``--rerun``. ``--quick``: one pair, one seed, one epoch.
+``--clock rate`` runs both KGA rows on the rate clock instead of the step clock
+(under cosine decay it reached the target in fewer seeds: BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -68,10 +70,11 @@ def pair_config(task, base, rate, schedule, args):
     config = convergence.task_config(
         task, base, convergence.parse_args(flags + (["--quick"] if args.quick else [])),
         learning_rate=rate, factors=())
+    clock = {"clock": args.clock}
     undamped = dict(optimizer=base, learning_rate=rate, method="kga",
-                    options={"damp_oscillations": False})
-    config = config.replace(extra_rows={"kga_undamped": undamped}, plots=False,
-                            progress=not args.no_progress)
+                    options={"damp_oscillations": False, **clock})
+    config = config.replace(extra_rows={"kga_undamped": undamped}, options={"kga": clock},
+                            plots=False, progress=not args.no_progress)
     return config.quick() if args.quick else config
 
 
@@ -150,6 +153,9 @@ BENCHMARK = cli.Benchmark(
         cli.Option("--pairs", list(TUNED), "task:base:rate[:schedule] pairs", list=True,
                    type=lambda t: (parse_pair(t), t)[1]),
         cli.Option("--seeds", 5, "seeds per pair", type=cli.positive_int, quick=1),
+        cli.Option("--clock", "steps", "KGA's clock (both rows): the harness's default "
+                   "'steps', or 'rate' (snapshots at equal increments of the integrated rate)",
+                   choices=("steps", "rate")),
     ))
 
 

@@ -353,6 +353,12 @@ def test_damping_parses_its_pairs_and_counts_the_seeds_that_reach():
         with pytest.raises((ValueError, argparse.ArgumentTypeError)):
             damping.parse_pair(bad)
     assert cli.parse_args("damping", ["--quick"]).seeds == 1
+    assert cli.parse_args("damping", []).clock == "steps"
+    config = damping.pair_config("digits_mlp", "sgd", 1.0, "cosine",
+                                 cli.parse_args("damping", ["--clock", "rate"]))
+    assert config.options["kga"] == {"clock": "rate"} and config.schedule == "cosine"
+    assert config.extra_rows["kga_undamped"]["options"] == {"damp_oscillations": False,
+                                                            "clock": "rate"}
     assert len(cli.parse_args("damping", []).pairs) == 24
     run = lambda final: {"train_loss": [1.0, final]}
     summary = lambda reached, ratios: dict(

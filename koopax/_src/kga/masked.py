@@ -380,8 +380,9 @@ def masked_kga(
         ``masks.delta``); ``num_snapshots`` must be at least ``mask.min_snapshots``.
       alpha, num_snapshots, snapshot_every, epsilon, rank, blocks: as in
         :func:`koopax.kga` (a block's DMD row count is its leaves' capacity).
-      learning_rate, total_steps, snapshot_dtype, max_gain, rcond, rollback,
-        damp_oscillations: as in :func:`koopax.kga`.
+      learning_rate, total_steps, snapshot_dtype, max_gain, rcond, rollback: as
+        in :func:`koopax.kga`.
+      damp_oscillations: as in :func:`koopax.kga`.
       apply_every: ``1`` corrects every update (on compact vectors), ``None``
         or ``snapshot_every`` the newest increment at each snapshot (nothing
         between snapshots). Other values: ValueError.
