@@ -31,8 +31,6 @@ import os
 import numpy as np
 
 from benchmarks import cli, convergence
-from examples import report
-from examples.train import train_and_evaluate
 
 #: ``task:base:rate[:schedule]`` at the rates the committed sweeps tuned.
 TUNED = (
@@ -59,8 +57,8 @@ def parse_pair(text: str) -> tuple[str, str, float, str]:
     schedule = parts[3] if len(parts) == 4 else "constant"
     if task not in convergence.TASKS or base not in convergence.TASKS[task]["lr"]:
         raise ValueError(f"unknown task or base in {text!r}")
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule must be constant or cosine; got {schedule!r}")
+    if schedule not in convergence.SCHEDULES:
+        raise ValueError(f"schedule must be one of {convergence.SCHEDULES}; got {schedule!r}")
     return task, base, cli.positive_float(rate), schedule
 
 
@@ -103,11 +101,15 @@ def _cell(r) -> str:
             f"{'n.r.' if t is None else f'{t:.2f}'} | {r['final']:.2f}")
 
 
+def _line(r) -> str:
+    return f"| {r['pair']} | {_cell(r['kga'])} | {_cell(r['kga_undamped'])} |"
+
+
 def markdown(rows) -> str:
     head = ("| pair | damped: reached | epochs x | time x | final loss x | "
             "undamped: reached | epochs x | time x | final loss x |\n"
             "|---|---|---|---|---|---|---|---|---|\n")
-    lines = [f"| {r['pair']} | {_cell(r['kga'])} | {_cell(r['kga_undamped'])} |" for r in rows]
+    lines = [_line(r) for r in rows]
     totals = []
     for key in ROWS:
         full = sum(r[key]["reached"] == r[key]["seeds"] for r in rows)
@@ -135,8 +137,7 @@ def run(args):
                                           os.path.join(args.output_dir, name), args,
                                           complete=True)
         rows.append(pair_row(f"{task} {base} {rate:g} {schedule}", results))
-        r = rows[-1]
-        print(f"| {r['pair']} | {_cell(r['kga'])} | {_cell(r['kga_undamped'])} |", flush=True)
+        print(_line(rows[-1]), flush=True)
     data = {"rows": rows}
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "damping.json"), "w") as f:

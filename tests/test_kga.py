@@ -120,42 +120,41 @@ def linear_increment_snapshots(n=30, h=6, eigenvalues=(0.9, 0.5, 1.0)):
     return rng, basis, lam, np.concatenate([np.zeros((1, n)), np.cumsum(incs, 0)]) + 3.0
 
 
+def window_corrector(snaps, alpha, **kwargs):
+    """KGA's state after recording ``snaps`` (a snapshot per step), and ``correct(u)``:
+    the update that state makes of ``u`` at a step that records no snapshot."""
+    n, h = snaps.shape[1], snaps.shape[0]
+    make = functools.partial(no_rollback.kga, alpha, num_snapshots=h, **kwargs)
+    tx = make(snapshot_every=1)
+    state, update = tx.init(jnp.zeros(n)), jax.jit(tx.update)
+    for w in snaps:
+        _, state = update(jnp.zeros(n), state, jnp.asarray(w, jnp.float32))
+    at_rest = state._replace(count=jnp.int32(1))        # count 1: no snapshot is due
+    probe = make(snapshot_every=1000, apply_every=1)
+    return state, lambda u: np.asarray(
+        probe.update(jnp.asarray(u, jnp.float32), at_rest, jnp.zeros(n))[0])
+
+
 def test_update_matches_the_paper_equations_and_scales_stable_modes():
     # Weights follow an exactly linear increment dynamics with eigenvalues
     # 0.9, 0.5 (stable) and 1.0 (neutral); KGA must scale stable components by
     # (1 + alpha lambda) and leave the rest.
     rng, basis, lam, snaps = linear_increment_snapshots()
-    n, h = snaps.shape[1], snaps.shape[0]
-    tx = no_rollback.kga(0.7, num_snapshots=h, snapshot_every=1, epsilon=0.02, rank=3)
-    state = tx.init(jnp.zeros(n))
-    update = jax.jit(tx.update)
-    zero = jnp.zeros(n)
-    for w in snaps:
-        _, state = update(zero, state, jnp.asarray(w, jnp.float32))
+    n = snaps.shape[1]
+    state, correct = window_corrector(snaps, 0.7, epsilon=0.02, rank=3)
     assert int(state.operator.num_stable[0]) == 2 and int(state.operator.rank[0]) == 3
     got_lam = np.sort(np.asarray(state.operator.eigenvalues[0])[:3].real)
     np.testing.assert_allclose(got_lam, np.sort(lam), atol=1e-3)
     u = rng.normal(size=n)
-    # The next call records no snapshot (count % 1 == 0 records: feed the same
-    # weights again would add a zero increment), so check with snapshot_every=1
-    # on a copy of the state whose count is shifted to a non-snapshot step.
-    tx2 = no_rollback.kga(0.7, num_snapshots=h, snapshot_every=1000, epsilon=0.02, rank=3,
-                     apply_every=1)
-    out, _ = tx2.update(jnp.asarray(u, jnp.float32), state._replace(count=jnp.int32(1)),
-                        jnp.zeros(n))
     ref, _ = numpy_kga_reference(snaps, u, 0.7, 0.02)
-    np.testing.assert_allclose(np.asarray(out), ref, atol=2e-4 * np.abs(ref).max())
+    np.testing.assert_allclose(correct(u), ref, atol=2e-4 * np.abs(ref).max())
     # Along the stable eigenvector of lambda = 0.9 the gain is 1 + 0.7 * 0.9.
     v = basis[:, 0]
-    out_v, _ = tx2.update(jnp.asarray(v, jnp.float32), state._replace(count=jnp.int32(1)),
-                          jnp.zeros(n))
-    np.testing.assert_allclose(np.asarray(out_v), (1 + 0.7 * 0.9) * v, atol=1e-3)
+    np.testing.assert_allclose(correct(v), (1 + 0.7 * 0.9) * v, atol=1e-3)
     # Orthogonal to the DMD basis: unchanged.
     w_perp = rng.normal(size=n)
     w_perp -= basis @ (basis.T @ w_perp)
-    out_p, _ = tx2.update(jnp.asarray(w_perp, jnp.float32), state._replace(count=jnp.int32(1)),
-                          jnp.zeros(n))
-    np.testing.assert_allclose(np.asarray(out_p), w_perp, atol=1e-4)
+    np.testing.assert_allclose(correct(w_perp), w_perp, atol=1e-4)
 
 
 @pytest.mark.parametrize("damp", [True, False])
@@ -167,20 +166,11 @@ def test_an_oscillating_mode_is_moved_to_its_centre(damp, eigenvalues):
     A decaying mode (0.9) still gains ``1 + alpha lambda``, neutral ones 1; with no
     decaying mode at all the oscillating one is still damped."""
     rng, basis, lam, snaps = linear_increment_snapshots(eigenvalues=eigenvalues)
-    n, h = snaps.shape[1], snaps.shape[0]
-    make = functools.partial(no_rollback.kga, 0.7, num_snapshots=h, epsilon=0.02, rank=3,
-                             damp_oscillations=damp)
-    tx = make(snapshot_every=1)
-    state = tx.init(jnp.zeros(n))
-    for w in snaps:
-        _, state = jax.jit(tx.update)(jnp.zeros(n), state, jnp.asarray(w, jnp.float32))
+    state, correct = window_corrector(snaps, 0.7, epsilon=0.02, rank=3,
+                                      damp_oscillations=damp)
     assert int(state.operator.num_stable[0]) == int(0.9 in eigenvalues)
     assert int(state.operator.num_damped[0]) == int(damp)
-    at_rest = state._replace(count=jnp.int32(1))       # a step that records no snapshot
-    tx2 = make(snapshot_every=1000, apply_every=1)
-    correct = lambda u: np.asarray(tx2.update(jnp.asarray(u, jnp.float32), at_rest,
-                                              jnp.zeros(n))[0])
-    u = rng.normal(size=n)
+    u = rng.normal(size=snaps.shape[1])
     ref, _ = numpy_kga_reference(snaps, u, 0.7, 0.02, damp=damp)
     np.testing.assert_allclose(correct(u), ref, atol=2e-4 * np.abs(ref).max())
     gains = {0.9: 1 + 0.7 * 0.9, -0.6: 1 / 1.6 if damp else 1.0, 1.0: 1.0, 1.01: 1.0}
@@ -191,20 +181,11 @@ def test_an_oscillating_mode_is_moved_to_its_centre(damp, eigenvalues):
 def test_the_damping_follows_the_gain_and_never_reverses_the_base():
     """Below the full gain (``s = min(alpha, (max_gain - 1) / |M|) < alpha``: the
     bound caps it), an oscillating mode is damped less, never past its centre."""
-    rng, basis, lam, snaps = linear_increment_snapshots(eigenvalues=(0.9, -0.6, 1.0))
-    n, h = snaps.shape[1], snaps.shape[0]
+    _, basis, _, snaps = linear_increment_snapshots(eigenvalues=(0.9, -0.6, 1.0))
+    v = basis[:, 1]
     for alpha, max_gain in ((0.7, 10.0), (50.0, 1.5), (1e6, 10.0)):
-        tx = no_rollback.kga(alpha, num_snapshots=h, snapshot_every=1, epsilon=0.02, rank=3,
-                             max_gain=max_gain)
-        state = tx.init(jnp.zeros(n))
-        for w in snaps:
-            _, state = jax.jit(tx.update)(jnp.zeros(n), state, jnp.asarray(w, jnp.float32))
-        tx2 = no_rollback.kga(alpha, num_snapshots=h, snapshot_every=1000, epsilon=0.02,
-                              rank=3, apply_every=1, max_gain=max_gain)
-        v = basis[:, 1]
-        out, _ = tx2.update(jnp.asarray(v, jnp.float32), state._replace(count=jnp.int32(1)),
-                            jnp.zeros(n))
-        gain = float(np.asarray(out) @ v)
+        _, correct = window_corrector(snaps, alpha, epsilon=0.02, rank=3, max_gain=max_gain)
+        gain = float(correct(v) @ v)
         assert 1 / 1.6 - 1e-3 <= gain <= 1.0 + 1e-4, (alpha, max_gain, gain)
         if alpha == 0.7:
             assert gain == pytest.approx(1 / 1.6, abs=1e-3)

@@ -27,7 +27,6 @@ import jax
 import jax.numpy as jnp
 
 
-
 def _same_bits(a, b):
     """Elementwise bitwise equality of two arrays of the same float dtype."""
     uint = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}[a.dtype.itemsize]
