@@ -12,10 +12,10 @@ it (``test_the_table_is_current`` keeps this copy of the table honest)::
     kga-increment         x    x   x   x    x      x     -      -     x      E     x     x    x
     kga-sum               x    x   x   -    x      -     -      -     x      E     x     -    x
     efficient             x    x   x   x    x      x     x      x     x      E     x     x    x
-    masked-norm-each      x    x   x   -    x      -     x      x     x      E*    x     -    x
-    masked-norm-increment x    x   x   x    x      -     -      -     -      E* A  x     x    x
-    masked-kwm-each       x    x   x   -    x      x     -      -     x      E*    x     -    -
-    masked-kwm-increment  x    x   x   -    x      -     -      -     -      E* A  x     -    -
+    masked-norm-each      x    x   x   -    x      -     x      x     x      E     x     -    x
+    masked-norm-increment x    x   x   x    x      -     -      -     -      E A   x     x    x
+    masked-kwm-each       x    x   x   -    x      x     -      -     x      E     x     -    -
+    masked-kwm-increment  x    x   x   -    x      -     -      -     -      E A   x     -    -
     pdt                   x    x   x   x    x      x     x      x     x      E     x     x    x
     dogra                 x    x   x   -    x      -     -      -     x      E     x     -    -
     tano                  x    x   x   x    x      -     -      -     x      E     x     -    -
@@ -23,7 +23,7 @@ it (``test_the_table_is_current`` keeps this copy of the table honest)::
 ``x``: runs; ``-``: left to other rows, to keep the file fast (every check still
 covers every implementation: kga, efficient_kga, masked_kga, and the engine
 of pdt and dmd_prediction). 8-dev: ``E`` a mesh with Explicit axes, ``A``
-Auto axes, ``E*`` xfail (a known bug, ``_EXPLICIT_BUG``). inject: the
+Auto axes (masked KGA replicates a sharded leaf to compact it). inject: the
 TypeErrors on every row, the traced hyperparameters' run inside MultiSteps.
 jit: no recompilation. Identity limits:
 alpha=0 (KGA, Efficient-KGA), a mask that keeps nothing (masked KGA),
@@ -141,7 +141,6 @@ class Config:
     ran: Callable             # koopax state -> its paths ran (refresh, compaction, jump)
     rose: Callable            # koopax state -> it reacted to value's rise (rollback, stop, valve)
     limits: dict = dataclasses.field(default_factory=dict)  # name -> (kind, *factories)
-    explicit_bug: bool = False   # 8 devices: xfail under Explicit axes
     auto_axes: bool = False      # 8 devices: also under Auto axes
     needs_value: bool = False    # update without value raises a ValueError naming it
 
@@ -162,7 +161,7 @@ def _masked(mask, keeps_nothing, apply_every, checks, auto_axes=False):
     limits = {} if "identity" not in checks else {"keeps nothing": (
         "per_call", lambda: koopax.masked_kga(**{**kw, "mask": keeps_nothing()}))}
     return Config("masked", koopax.masked_kga, kw, CORE | checks, _KGA_TRACEABLE, _masked_ran,
-                  lambda s: int(s.valve.num_backoffs) > 0, limits, explicit_bug=True,
+                  lambda s: int(s.valve.num_backoffs) > 0, limits,
                   auto_axes=auto_axes, needs_value=True)
 
 
@@ -208,11 +207,6 @@ CONFIGS = {
 }
 LIMITS = [(n, lim) for n, c in CONFIGS.items() for lim in c.limits]
 
-_EXPLICIT_BUG = ("known bug: masked KGA's compaction raises ShardingTypeError under a mesh "
-                 "with Explicit axes (a reshape of the sharded window, a gather of a sharded "
-                 "leaf need out_sharding); remove this mark once fixed")
-
-
 def rows(check):
     return [n for n, c in CONFIGS.items() if check in c.checks]
 
@@ -225,7 +219,7 @@ def coverage_table() -> str:
 
     def cell(cfg, check):
         if check == "sharded":
-            return ("E*" if cfg.explicit_bug else "E") + (" A" if cfg.auto_axes else "")
+            return "E" + (" A" if cfg.auto_axes else "")
         return "x" if check in cfg.checks else "-"
 
     cells = {n: [cell(c, check) for check in CHECKS] for n, c in CONFIGS.items()}
@@ -466,8 +460,6 @@ def test_the_table_is_current():
         covered = {ENGINES[CONFIGS[n].factory] for n in rows(check)}
         assert covered == set(ENGINES.values()), check
     assert {n for n in CONFIGS if CONFIGS[n].limits} == set(rows("identity"))
-    for name, cfg in CONFIGS.items():   # test_extra_args needs a run without extra args
-        assert "apply_if_finite" in cfg.checks or not cfg.explicit_bug or cfg.auto_axes, name
 
 
 @pytest.mark.parametrize("name", rows("extra_args"))
@@ -484,8 +476,7 @@ def test_extra_args(name):
             assert_trees_equal(run.at(t + 1, name, "apply_if_finite")[0],
                                run.at(t, name, "plain")[0])
     else:
-        axes = "auto" if cfg.explicit_bug else "explicit"
-        p, _ = _sharded_run(_sharded_group(name, axes), axes)[0][name]
+        p, _ = _sharded_run(_sharded_group(name, "explicit"), "explicit")[0][name]
         assert_trees_close(p, run.at(NUM_STEPS, name, "plain")[0], rtol=2e-5, atol=2e-6)
     tx = cfg.make()
     params = init_params()
@@ -608,10 +599,8 @@ def test_apply_if_finite_skips_a_nan_step(name):
 
 def _sharded_group(name, axes):
     """The rows whose 8-device runs share one compiled step with ``name``'s."""
-    if axes == "explicit" and CONFIGS[name].explicit_bug:
-        return (name,)      # alone: a known failure must not take other rows down
     if axes == "explicit":
-        return tuple(n for n in rows("sharded") if not CONFIGS[n].explicit_bug)
+        return tuple(rows("sharded"))
     return tuple(n for n in rows("sharded") if CONFIGS[n].auto_axes)
 
 
@@ -639,9 +628,7 @@ def _sharded_run(names, axes):
     return carry, compiled[0]
 
 
-_SHARDED = [pytest.param(n, "explicit", id=f"{n}-explicit", marks=(
-    [pytest.mark.xfail(strict=True, reason=_EXPLICIT_BUG)] if CONFIGS[n].explicit_bug else []))
-    for n in rows("sharded")]
+_SHARDED = [pytest.param(n, "explicit", id=f"{n}-explicit") for n in rows("sharded")]
 _SHARDED += [pytest.param(n, "auto", id=f"{n}-auto") for n in rows("sharded")
              if CONFIGS[n].auto_axes]
 

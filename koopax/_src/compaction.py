@@ -12,6 +12,13 @@ the Koopman algebra runs on the compact view (a tuple of 1-D leaves): kept
 weights beyond the capacity are treated as masked and counted as overflow.
 Compaction is per leaf: no parameter tree is ever flattened or concatenated.
 
+Under a mesh with Explicit axes a leaf's sharding is part of its type, and a
+reshape that merges a sharded dimension is refused. :func:`flatten` therefore
+replicates such a leaf before raveling it, and :func:`unflatten` reshapes and
+re-shards the result to its leaf's sharding (**[choice]**: the compact view of
+arbitrary positions has no sharding it could keep; under Auto axes or no
+mesh both are plain reshapes, and XLA does the equivalent itself).
+
 References:
   Anonymous, *Dynamic Training Guided by Training Dynamics* (KGA, KWM),
   OpenReview 7AB077M4TY, 2024, §3.3 (masked weights leave the DMD and KGA).
@@ -25,6 +32,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
 
 # Per-leaf capacities are rounded up to a multiple of this (bucket sizes).
 CAPACITY_BUCKET = 128
@@ -76,6 +85,35 @@ def leaf_capacities(capacity, params) -> tuple:
         c = math.ceil(c / CAPACITY_BUCKET) * CAPACITY_BUCKET
         caps.append(min(n, c))
     return tuple(caps)
+
+
+def _explicit_sharding(x):
+    """``x``'s typed sharding when it splits a dimension over Explicit mesh axes, else None."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    spec = getattr(sharding, "spec", ())
+    return sharding if any(p is not None for p in spec) else None
+
+
+def flatten(x, lead=0):
+    """``x`` reshaped to ``(*x.shape[:lead], -1)``; replicated first where its type is sharded.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from koopax._src import compaction
+      >>> compaction.flatten(jnp.zeros((2, 3, 4)), lead=1).shape
+      (2, 12)
+    """
+    sharding = _explicit_sharding(x)
+    if sharding is not None:
+        x = jax.sharding.reshard(x, NamedSharding(sharding.mesh, PartitionSpec()))
+    return jnp.reshape(x, (*x.shape[:lead], math.prod(x.shape[lead:])))
+
+
+def unflatten(flat, like):
+    """``flat`` reshaped to ``like``'s shape, with ``like``'s typed sharding (see :func:`flatten`)."""
+    out = jnp.reshape(flat, jnp.shape(like))
+    sharding = _explicit_sharding(like)
+    return out if sharding is None else jax.sharding.reshard(out, sharding)
 
 
 def padding_indices(n, cap):
@@ -139,7 +177,7 @@ def compact_indices(keep, capacities):
             f"capacities must have one entry per leaf ({len(leaves)}); got {len(capacities)}.")
     out, fit, wanted = [], jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32)
     for leaf, cap in zip(leaves, capacities):
-        flat = jnp.ravel(leaf).astype(bool)
+        flat = flatten(leaf).astype(bool)
         n = flat.shape[0]
         count = jnp.sum(flat, dtype=jnp.int32)
         out.append(jnp.nonzero(flat, size=cap, fill_value=n)[0].astype(jnp.int32))
@@ -190,7 +228,7 @@ def gather(tree, indices, *, padding="zero"):
     if padding not in modes:
         raise ValueError(f"padding must be 'zero' or 'any'; got {padding!r}.")
     mode = modes[padding]
-    return tuple(_gather_1d(jnp.ravel(x), i, mode)
+    return tuple(_gather_1d(flatten(x), i, mode)
                  for x, i in zip(jax.tree.leaves(tree), indices, strict=True))
 
 
@@ -209,9 +247,9 @@ def scatter_add(tree, indices, compact):
                                            scatter_dims_to_operand_dims=(0,))
     leaves, treedef = jax.tree.flatten(tree)
     out = [
-        jax.lax.scatter_add(jnp.ravel(x), i[:, None], c.astype(x.dtype), dims,
-                            indices_are_sorted=True,
-                            mode=jax.lax.GatherScatterMode.FILL_OR_DROP).reshape(x.shape)
+        unflatten(jax.lax.scatter_add(flatten(x), i[:, None], c.astype(x.dtype), dims,
+                                      indices_are_sorted=True,
+                                      mode=jax.lax.GatherScatterMode.FILL_OR_DROP), x)
         for x, i, c in zip(leaves, indices, compact, strict=True)]
     return jax.tree.unflatten(treedef, out)
 
@@ -228,6 +266,6 @@ def kept(indices, params):
     """
     leaves, treedef = jax.tree.flatten(params)
     out = [
-        jnp.zeros(x.size, bool).at[i].set(True, mode="drop").reshape(jnp.shape(x))
+        unflatten(jnp.zeros(jnp.size(x), bool).at[i].set(True, mode="drop"), x)
         for x, i in zip(leaves, indices, strict=True)]
     return jax.tree.unflatten(treedef, out)

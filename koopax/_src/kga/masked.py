@@ -110,7 +110,7 @@ class MaskedColumns(NamedTuple):
 
 
 def _rows(slot_leaf):
-    return slot_leaf.reshape(slot_leaf.shape[0], -1)
+    return compaction.flatten(slot_leaf, lead=1)
 
 
 def _inputs(ring):
@@ -137,8 +137,9 @@ def _prefix_views(full_slots, indices):
 def _store_compact(window, slots):
     """``window`` with ``slots`` (``(m, c_l)`` per leaf) written into its buffers' prefixes."""
     full = jax.tree.leaves(window.slots)
-    new = [jax.lax.dynamic_update_slice(_rows(f), c.astype(f.dtype), (0, 0)).reshape(f.shape)
-           for f, c in zip(full, slots, strict=True)]
+    new = [compaction.unflatten(
+        jax.lax.dynamic_update_slice(_rows(f), c.astype(f.dtype), (0, 0)), f)
+        for f, c in zip(full, slots, strict=True)]
     return window._replace(slots=jax.tree.unflatten(jax.tree.structure(window.slots), new))
 
 
