@@ -117,6 +117,29 @@ def test_compact_indices_gather_scatter():
     assert int(count) == 3
 
 
+
+def test_compaction_keeps_a_leaf_sharded_over_explicit_axes():
+    """Under a mesh with Explicit axes a leaf's sharding is in its type: the
+    compact view of a sharded leaf is its unsharded one's, and what goes back
+    into the leaf keeps the leaf's sharding."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    host = {"w": np.arange(32.0, dtype=np.float32).reshape(4, 8)}
+    keep = {"w": jnp.asarray(host["w"] % 3 == 0)}
+    with jax.set_mesh(mesh):
+        tree = jax.device_put(host, {"w": NamedSharding(mesh, P(None, "x"))})
+        idx, _, _ = jax.jit(lambda k: compaction.compact_indices(k, (16,)))(
+            jax.device_put(keep, {"w": NamedSharding(mesh, P(None, "x"))}))
+        comp = jax.jit(compaction.gather)(tree, idx)
+        out = jax.jit(compaction.scatter_add)(tree, idx, (jnp.ones(16),))
+        kept = jax.jit(compaction.kept)(idx, tree)
+    positions = np.flatnonzero(host["w"].ravel() % 3 == 0)
+    np.testing.assert_array_equal(np.asarray(idx[0])[:positions.size], positions)
+    np.testing.assert_array_equal(np.asarray(comp[0])[:positions.size], positions.astype(float))
+    np.testing.assert_array_equal(np.asarray(out["w"]), host["w"] + (host["w"] % 3 == 0))
+    np.testing.assert_array_equal(np.asarray(kept["w"]), host["w"] % 3 == 0)
+    assert out["w"].sharding.spec == P(None, "x") and kept["w"].sharding.spec == P(None, "x")
+
 # --------------------------------------------------------------------------
 # KWM on a synthetic trajectory
 # --------------------------------------------------------------------------
