@@ -5,10 +5,10 @@ A benchmark module declares what it is as data, a :class:`Benchmark` named
 ``--quick`` value), the common flags it takes and the function that runs it.
 This module turns that into the argument parser, fills the defaults (the
 ``--quick`` ones under ``--quick``), parses and checks the values (an error
-names the option) and runs it. Declared so far: memory, overhead, nnx_cost, devices, damping, pdt_jump,
-peer_pdt, depth and goals; convergence, workloads, kga_defaults and
-reproduction keep their own argparse parser behind the same command (their
-``main(argv)``). :data:`NAMES` is the table of benchmarks; ``python -m
+names the option) and runs it. Declared so far: memory, overhead, nnx_cost,
+devices, damping, clock, pdt_jump, peer_pdt, depth and goals; convergence,
+workloads, kga_defaults and reproduction keep their own argparse parser behind
+the same command (their ``main(argv)``). :data:`NAMES` is the table of benchmarks; ``python -m
 benchmarks --list`` prints it, ``python -m benchmarks.NAME [options]`` is the
 same as ``python -m benchmarks NAME [options]``, and ``python -m benchmarks``
 without a name runs the suite (:mod:`benchmarks.__main__`).
@@ -36,8 +36,8 @@ __all__ = ["Benchmark", "NAMES", "Option", "get", "main", "parse_args"]
 
 #: Every benchmark, ``python -m benchmarks NAME`` (module ``benchmarks.NAME``), in the
 #: order ``--list`` prints them.
-NAMES = ("memory", "overhead", "nnx_cost", "devices", "pdt_jump", "peer_pdt", "depth", "kga_defaults",
-         "convergence", "damping", "workloads", "reproduction", "goals")
+NAMES = ("memory", "overhead", "nnx_cost", "devices", "pdt_jump", "peer_pdt", "depth",
+         "kga_defaults", "convergence", "damping", "clock", "workloads", "reproduction", "goals")
 #: The common flags a benchmark may take.
 FLAGS = ("quick", "plots", "progress", "rerun")
 _SAME = object()

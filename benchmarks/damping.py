@@ -76,12 +76,13 @@ def pair_config(task, base, rate, schedule, args):
     return config.quick() if args.quick else config
 
 
-def pair_row(name: str, results) -> dict:
-    """One table row: per KGA, seeds reached, epochs/time ratios and final loss vs the base's."""
+def pair_row(name: str, results, keys=ROWS) -> dict:
+    """One table row: per row of ``keys``, seeds reached, epochs/time ratios and final
+    loss vs the base's."""
     summary, runs = results["summary"], results["runs"]
     base_final = np.median([r["train_loss"][-1] for r in runs["base"]])
     row = {"pair": name}
-    for key in ROWS:
+    for key in keys:
         s = summary[key]
         ratios = s.get("epochs_ratios") or []
         row[key] = dict(
@@ -101,17 +102,20 @@ def _cell(r) -> str:
             f"{'n.r.' if t is None else f'{t:.2f}'} | {r['final']:.2f}")
 
 
-def _line(r) -> str:
-    return f"| {r['pair']} | {_cell(r['kga'])} | {_cell(r['kga_undamped'])} |"
+def line(r, keys=ROWS) -> str:
+    """One table line: the pair, then each row's cells."""
+    return f"| {r['pair']} | " + " | ".join(_cell(r[k]) for k in keys) + " |"
 
 
-def markdown(rows) -> str:
-    head = ("| pair | damped: reached | epochs x | time x | final loss x | "
-            "undamped: reached | epochs x | time x | final loss x |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
-    lines = [_line(r) for r in rows]
+def markdown(rows, keys=ROWS, labels=("damped", "undamped"),
+             title="KGA with and without damping its oscillating modes (tuned base)") -> str:
+    """The table of ``rows`` (:func:`pair_row`), one group of columns per key, and totals."""
+    head = ("| pair | " + " | ".join(f"{label}: reached | epochs x | time x | final loss x"
+                                      for label in labels)
+            + " |\n|---|" + "---|---|---|---|" * len(keys) + "\n")
+    lines = [line(r, keys) for r in rows]
     totals = []
-    for key in ROWS:
+    for key in keys:
         full = sum(r[key]["reached"] == r[key]["seeds"] for r in rows)
         seeds = sum(r[key]["reached"] for r in rows)
         med = [r[key]["epochs"]["median"] for r in rows if r[key]["epochs"]["median"] is not None]
@@ -119,8 +123,8 @@ def markdown(rows) -> str:
                       f"({seeds}/{sum(r[key]['seeds'] for r in rows)} seeds); median epochs "
                       f"ratio over the pairs {np.median(med):.2f}; median final loss over "
                       f"the base's {np.median([r[key]['final'] for r in rows]):.2f}.")
-    return ("# KGA with and without damping its oscillating modes (tuned base)\n\n"
-            "Ratios are per seed, KGA / tuned base, of the epochs (time) to the tuned base's "
+    return (f"# {title}\n\n"
+            "Ratios are per seed, method / tuned base, of the epochs (time) to the tuned base's "
             "best training loss: median [min-max] over the seeds (n.r.: some seed did not "
             "reach it); final loss x: median final training loss over the base's.\n\n"
             + head + "\n".join(lines) + "\n\n" + "\n".join(totals) + "\n")
@@ -137,7 +141,7 @@ def run(args):
                                           os.path.join(args.output_dir, name), args,
                                           complete=True)
         rows.append(pair_row(f"{task} {base} {rate:g} {schedule}", results))
-        print(_line(rows[-1]), flush=True)
+        print(line(rows[-1]), flush=True)
     data = {"rows": rows}
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "damping.json"), "w") as f:

@@ -6,9 +6,9 @@ and :mod:`examples.methods` instead. Everything here is a thin adapter over
 them; there is no second training loop. Three legacy behaviours are kept:
 :func:`build_optimizer` drops the hyperparameters the method does not accept
 (the new API rejects them), fills the KGA family's ``alpha`` /
-``num_snapshots`` with this module's old defaults (1.0 and 6), and keeps the
-step clock (``clock='steps'``: it is not given the base's learning rate nor the
-run's length that ``clock='rate'``, PDT's default in the harness, needs).
+``num_snapshots`` with this module's old defaults (1.0 and 6), and pins the
+step clock (``clock='steps'``, the harness's default too: it is not given the
+base's learning rate nor the run's length that ``clock='rate'`` needs).
 """
 
 from __future__ import annotations

@@ -374,3 +374,25 @@ def test_damping_parses_its_pairs_and_counts_the_seeds_that_reach():
     assert "| p | 2/2 | 0.80 [0.70-0.90] | 1.10 | 0.50 | 1/2 | 0.80 [0.70-n.r.] | 1.10 | 1.50 |" in table
     assert "kga: every seed reaches in 1/1 pairs (2/2 seeds)" in table
     assert "kga_undamped: every seed reaches in 0/1 pairs (1/2 seeds)" in table
+
+
+def test_clock_runs_one_method_on_both_clocks_under_cosine():
+    from benchmarks import clock
+    args = cli.parse_args("clock", [])
+    assert args.method == "pdt" and len(args.pairs) == 12
+    assert all(p.endswith(":cosine") for p in args.pairs)
+    with pytest.raises(SystemExit):
+        cli.parse_args("clock", ["--method", "dogra"])
+    config = clock.pair_config("mnist1d_mlp", "adam", 0.032, "cosine",
+                               cli.parse_args("clock", ["--method", "kga"]))
+    assert config.methods == ("kga",) and config.options["kga"] == {"clock": "steps"}
+    assert config.extra_rows["kga_rate"]["options"] == {"clock": "rate"}
+    assert config.extra_rows["kga_rate"]["learning_rate"] == 0.032
+    assert config.schedule == "cosine" and config.seeds == 5
+    pdt = clock.pair_config("digits_mlp", "sgd", 1.0, "cosine", cli.parse_args("clock", []))
+    assert pdt.options["pdt"] == {"num_snapshots": 5, "clock": "steps"}
+    assert pdt.extra_rows["pdt_rate"]["options"] == {"num_snapshots": 5, "clock": "rate"}
+    six = clock.pair_config("digits_mlp", "sgd", 1.0, "cosine",
+                            cli.parse_args("clock", ["--num-snapshots", "6"]))
+    assert six.options["pdt"]["num_snapshots"] == 6
+    assert six.extra_rows["pdt_rate"]["options"]["num_snapshots"] == 6

@@ -134,7 +134,7 @@ def test_the_back_off_never_climbs_back_to_a_level_that_failed():
 
     def period(valve, value, n=4):
         for _ in range(n):
-            valve = valve._replace(stats=lt.track(valve.stats, value))
+            valve = lt.observe(valve, value)
         return lt.close_period(valve)
 
     for v in (1.0, 0.9):
@@ -162,6 +162,27 @@ def test_a_rise_is_judged_against_the_reference_noise_not_its_own():
         valve = valve._replace(stats=lt.track(valve.stats, v))
     assert bool(lt.period_rose(valve)[0])
 
+
+
+def test_a_one_loss_period_is_judged_against_the_per_step_spread():
+    """A snapshot every step: each period holds one loss and has no spread of its
+    own. Minibatch noise alone must not read as a rise (with a zero spread half
+    the periods did), and a real rise still does."""
+    rng = np.random.default_rng(0)
+    valve = lt.init_valve()
+    for v in 1.0 + 0.1 * rng.normal(size=200):   # pure noise, sigma 0.1
+        valve = lt.close_period(lt.observe(valve, v))
+    assert int(valve.num_backoffs) <= 15         # ~2 % expected; 100 with no spread
+    assert float(lt.step_variance(valve)) == pytest.approx(0.01, rel=0.5)
+    before = int(valve.num_backoffs)
+    valve = lt.close_period(lt.observe(valve, 2.0))   # 10 sigma up
+    assert int(valve.num_backoffs) == before + 1
+    # A restoring step's loss is skipped and breaks the chain of differences.
+    skipped = lt.observe(valve, 50.0, skip=True)
+    np.testing.assert_array_equal(skipped.spread, valve.spread)
+    assert int(skipped.stats.count) == int(valve.stats.count)
+    assert not bool(skipped.has_last_loss)
+    np.testing.assert_array_equal(lt.observe(skipped, 1.0).spread, skipped.spread)
 
 @pytest.mark.parametrize("factory", [koopax.kga, koopax.efficient_kga])
 def test_rollback_needs_value_or_rollback_false(factory):

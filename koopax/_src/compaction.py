@@ -110,7 +110,7 @@ def flatten(x, lead=0):
 
 
 def unflatten(flat, like):
-    """``flat`` reshaped to ``like``'s shape, with ``like``'s typed sharding (see :func:`flatten`)."""
+    """``flat`` reshaped to ``like``'s shape, with ``like``'s typed sharding (:func:`flatten`)."""
     out = jnp.reshape(flat, jnp.shape(like))
     sharding = _explicit_sharding(like)
     return out if sharding is None else jax.sharding.reshard(out, sharding)

@@ -8,9 +8,19 @@ snapshots); a period *rose* over a reference period when::
 
 with ``e`` the standard errors of the two means, or when ``L`` is not finite.
 
+A period that holds a single loss (a snapshot every step: KGA-Iter) has no
+spread of its own. KGA's valve then takes the per-step spread of the loss from
+the run's successive differences (von Neumann's estimator, ``s^2 ~ (L_t -
+L_{t-1})^2 / 2``, robust to the loss's slow descent), averaged with weight
+``SPREAD_WEIGHT`` per step; with a zero spread every minibatch fluctuation
+upwards read as a rise (KGA-Iter on z = x^2 + y^2: a median of 70 rollbacks a
+seed in 25 epochs; 24 now).
+
 References:
   Welford, *Note on a method for calculating corrected sums of squares and
   products*, Technometrics 4(3), 1962.
+  von Neumann, Kent, Bellinson, Hart, *The mean square successive
+  difference*, Ann. Math. Statist. 12(2), 1941.
 """
 
 from __future__ import annotations
@@ -97,6 +107,10 @@ class Valve(NamedTuple):
       ceiling: float32, ``alpha_factor`` never climbs back to a level that failed:
         after a rise at level ``f`` it stays below ``f sqrt(BACKOFF)``.
       num_backoffs: int32 periods whose loss rose, each halving ``alpha_factor``.
+      last_loss: float32 loss of the latest step.
+      has_last_loss: bool, ``last_loss`` holds a finite loss to difference with.
+      spread: float32 ``(sum, weight)`` of the exponential average of
+        ``(L_t - L_{t-1})^2 / 2``: the per-step variance is ``sum / weight``.
     """
 
     stats: LossStats
@@ -105,18 +119,58 @@ class Valve(NamedTuple):
     alpha_factor: jax.Array
     ceiling: jax.Array
     num_backoffs: jax.Array
+    last_loss: jax.Array
+    has_last_loss: jax.Array
+    spread: jax.Array
 
 
 BACKOFF = 0.5
 RECOVERY = 1.25
 NOISE_TOLERANCE = 2.0
+SPREAD_WEIGHT = 0.1
 
 
 def init_valve() -> Valve:
     """A valve at ``alpha_factor = 1`` with no reference period."""
     return Valve(init_stats(), jnp.zeros((2,), jnp.float32), jnp.array(False),
                  jnp.ones((), jnp.float32), jnp.ones((), jnp.float32),
-                 jnp.zeros((), jnp.int32))
+                 jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), jnp.array(False),
+                 jnp.zeros((2,), jnp.float32))
+
+
+def observe(valve: Valve, value, skip=False) -> Valve:
+    """Folds one step's loss into the period and into the per-step spread.
+
+    ``skip`` (a traced bool: a restoring step, whose loss belongs to no
+    period) leaves the statistics as they were and forgets the last loss, so
+    the jump of a restoration is never read as noise.
+
+    Examples:
+      >>> from koopax._src import loss_tracking as lt
+      >>> valve = lt.init_valve()
+      >>> for v in (1.0, 1.2, 1.0, 1.2):
+      ...     valve = lt.observe(valve, v)
+      >>> round(float(lt.step_variance(valve)), 4)   # (0.2)^2 / 2 at every step
+      0.02
+    """
+    v = jnp.asarray(value, jnp.float32)
+    skip = jnp.asarray(skip, bool)
+    stats = jax.tree.map(lambda t, o: jnp.where(skip, o, t), track(valve.stats, v), valve.stats)
+    finite = jnp.isfinite(v)
+    both = finite & valve.has_last_loss & ~skip
+    half_square = 0.5 * (v - jnp.where(both, valve.last_loss, v)) ** 2
+    averaged = (1.0 - SPREAD_WEIGHT) * valve.spread + SPREAD_WEIGHT * jnp.stack(
+        [half_square, jnp.ones((), jnp.float32)])
+    spread = jnp.where(both & jnp.isfinite(half_square), averaged, valve.spread)
+    keep = finite & ~skip
+    return valve._replace(stats=stats, last_loss=jnp.where(keep, v, 0.0).astype(jnp.float32),
+                          has_last_loss=keep, spread=spread.astype(jnp.float32))
+
+
+def step_variance(valve: Valve) -> jax.Array:
+    """The per-step variance of the loss from successive differences (0 before any)."""
+    total, weight = valve.spread[0], valve.spread[1]
+    return jnp.where(weight > 0, total / jnp.where(weight > 0, weight, 1.0), 0.0)
 
 
 def period_rose(valve: Valve):
@@ -152,7 +206,7 @@ def close_period(valve: Valve, discard=False) -> Valve:
       >>> valve = lt.init_valve()
       >>> for losses in ([2.0, 2.0], [1.0, 1.0], [3.0, 3.0], [1.0, 1.0], [0.9, 0.9]):
       ...     for v in losses:
-      ...         valve = valve._replace(stats=lt.track(valve.stats, v))
+      ...         valve = lt.observe(valve, v)
       ...     valve = lt.close_period(valve)
       ...     print(round(float(valve.alpha_factor), 4), round(float(valve.ceiling), 4),
       ...           int(valve.num_backoffs))
@@ -164,12 +218,16 @@ def close_period(valve: Valve, discard=False) -> Valve:
     """
     up, seen = period_rose(valve)
     mean, noise, _ = summary(valve.stats)
+    # One loss has no spread of its own: its standard error is the per-step one.
+    noise = jnp.where(valve.stats.count < 2, jnp.sqrt(step_variance(valve)), noise)
     ceiling = jnp.where(up, valve.alpha_factor * BACKOFF ** 0.5, valve.ceiling)
     factor = jnp.where(up, valve.alpha_factor * BACKOFF,
                        jnp.where(seen, jnp.minimum(valve.alpha_factor * RECOVERY, ceiling),
                                  valve.alpha_factor))
     new_ref = seen & jnp.isfinite(mean) & ~jnp.asarray(discard, bool)
     reference = jnp.where(new_ref, jnp.stack([mean, noise]), valve.reference)
-    return Valve(init_stats(), reference.astype(jnp.float32), valve.has_reference | new_ref,
-                 factor.astype(jnp.float32), ceiling.astype(jnp.float32),
-                 valve.num_backoffs + up.astype(jnp.int32))
+    return valve._replace(stats=init_stats(), reference=reference.astype(jnp.float32),
+                          has_reference=valve.has_reference | new_ref,
+                          alpha_factor=factor.astype(jnp.float32),
+                          ceiling=ceiling.astype(jnp.float32),
+                          num_backoffs=valve.num_backoffs + up.astype(jnp.int32))

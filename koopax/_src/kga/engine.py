@@ -351,9 +351,7 @@ def _update(cfg: Settings, columns: Columns, updates, state: KGAState, params=No
     if cfg.rollback:          # a restoring update replaces one step's update only
         state = state._replace(rollback=state.rollback._replace(replace=jnp.zeros((), bool)))
     if value is not None:     # a restoring step's loss belongs to no period
-        tracked = loss_tracking.track(state.valve.stats, value)
-        state = state._replace(valve=state.valve._replace(stats=jax.tree.map(
-            lambda t, o: jnp.where(restoring, o, t), tracked, state.valve.stats)))
+        state = state._replace(valve=loss_tracking.observe(state.valve, value, restoring))
     return corrected, state._replace(count=optax.safe_increment(state.count),
                                      clock=cfg.clock.advance(state.count, state.clock, due))
 
