@@ -21,10 +21,7 @@ unless ``--rerun``. ``--quick``: one pair, one seed, one epoch.
 
 from __future__ import annotations
 
-import json
-import os
-
-from benchmarks import cli, convergence, damping
+from benchmarks import cli, damping
 
 PAIRS = tuple(p for p in damping.TUNED if p.endswith(":cosine"))
 METHODS = ("pdt", "kga")
@@ -37,20 +34,10 @@ def rows(method: str) -> tuple[str, str]:
 
 def pair_config(task, base, rate, schedule, args):
     """The harness config: the base and the method (step clock), plus the rate clock's row."""
-    flags = ["--seeds", str(args.seeds), "--schedule", schedule, "--methods", args.method]
-    config = convergence.task_config(
-        task, base, convergence.parse_args(flags + (["--quick"] if args.quick else [])),
-        learning_rate=rate, factors=())
-    steps, on_rate = rows(args.method)
-    suite = dict(config.options.get(args.method) or {})     # PDT: the suite's 5 snapshots
-    if args.num_snapshots is not None:
-        suite["num_snapshots"] = args.num_snapshots
-    rate_row = dict(optimizer=base, learning_rate=rate, method=args.method,
-                    options={**suite, "clock": "rate"})
-    config = config.replace(extra_rows={on_rate: rate_row},
-                            options={steps: {**suite, "clock": "steps"}},
-                            plots=False, progress=not args.no_progress)
-    return config.quick() if args.quick else config
+    window = {} if args.num_snapshots is None else {"num_snapshots": args.num_snapshots}
+    return damping.two_row_config(task, base, rate, schedule, args, args.method,
+                                  {**window, "clock": "steps"}, rows(args.method)[1],
+                                  {**window, "clock": "rate"})
 
 
 def _stem(args) -> str:
@@ -59,29 +46,11 @@ def _stem(args) -> str:
 
 
 def run(args):
-    pairs = args.pairs[:1] if args.quick else args.pairs
-    args.collect = False        # convergence.run_or_load: what is missing is trained
-    keys = rows(args.method)
-    table = []
-    for text in pairs:
-        task, base, rate, schedule = damping.parse_pair(text)
-        results = convergence.run_or_load(
-            pair_config(task, base, rate, schedule, args),
-            os.path.join(args.output_dir, f"{_stem(args)}_{task}_{base}_{schedule}"), args,
-            complete=True)
-        table.append(damping.pair_row(f"{task} {base} {rate:g} {schedule}", results, keys))
-        print(damping.line(table[-1], keys), flush=True)
-    text = damping.markdown(table, keys, labels=("step clock", "rate clock"),
-                            title=f"{args.method} on the step clock and on the rate clock "
-                                  "(tuned base)")
-    os.makedirs(args.output_dir, exist_ok=True)
-    stem = os.path.join(args.output_dir, f"clock_{_stem(args)}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"method": args.method, "rows": table}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(text)
-    print(text)
-    return table
+    return damping.run_pairs(
+        args, pair_config, rows(args.method), prefix=f"{_stem(args)}_",
+        stem=f"clock_{_stem(args)}", data={"method": args.method},
+        labels=("step clock", "rate clock"),
+        title=f"{args.method} on the step clock and on the rate clock (tuned base)")
 
 
 BENCHMARK = cli.Benchmark(

@@ -62,18 +62,27 @@ def parse_pair(text: str) -> tuple[str, str, float, str]:
     return task, base, cli.positive_float(rate), schedule
 
 
-def pair_config(task, base, rate, schedule, args):
-    """The harness config: the base and kga, plus kga without damping as an extra row."""
-    flags = ["--seeds", str(args.seeds), "--schedule", schedule, "--methods", "kga"]
+def two_row_config(task, base, rate, schedule, args, method, options, extra, extra_options):
+    """The harness config of one pair: the base, ``method`` with ``options`` and, as the
+    extra row ``extra``, the same method with ``extra_options``; both rows keep the
+    suite's own options for the method (:func:`benchmarks.convergence.task_config`)."""
+    flags = ["--seeds", str(args.seeds), "--schedule", schedule, "--methods", method]
     config = convergence.task_config(
         task, base, convergence.parse_args(flags + (["--quick"] if args.quick else [])),
         learning_rate=rate, factors=())
-    clock = {"clock": args.clock}
-    undamped = dict(optimizer=base, learning_rate=rate, method="kga",
-                    options={"damp_oscillations": False, **clock})
-    config = config.replace(extra_rows={"kga_undamped": undamped}, options={"kga": clock},
+    suite = dict(config.options.get(method) or {})
+    row = dict(optimizer=base, learning_rate=rate, method=method,
+               options={**suite, **extra_options})
+    config = config.replace(extra_rows={extra: row}, options={method: {**suite, **options}},
                             plots=False, progress=not args.no_progress)
     return config.quick() if args.quick else config
+
+
+def pair_config(task, base, rate, schedule, args):
+    """The harness config: the base and kga, plus kga without damping as an extra row."""
+    clock = {"clock": args.clock}
+    return two_row_config(task, base, rate, schedule, args, "kga", clock, "kga_undamped",
+                          {"damp_oscillations": False, **clock})
 
 
 def pair_row(name: str, results, keys=ROWS) -> dict:
@@ -130,26 +139,36 @@ def markdown(rows, keys=ROWS, labels=("damped", "undamped"),
             + head + "\n".join(lines) + "\n\n" + "\n".join(totals) + "\n")
 
 
-def run(args):
+def run_pairs(args, make_config, keys=ROWS, *, prefix="", stem="damping", data=None,
+              **table) -> dict:
+    """Trains (or loads) every pair of ``args.pairs`` with ``make_config(task, base, rate,
+    schedule, args)`` in ``<output-dir>/<prefix><task>_<base>_<schedule>``, prints a line
+    per pair, and writes ``<stem>.{json,md}``: ``data`` plus the rows, and
+    :func:`markdown` of them (``table``: its labels and title)."""
     pairs = args.pairs[:1] if args.quick else args.pairs
     args.collect = False        # convergence.run_or_load: what is missing is trained
     rows = []
     for text in pairs:
         task, base, rate, schedule = parse_pair(text)
-        name = f"{task}_{base}_{schedule}"
-        results = convergence.run_or_load(pair_config(task, base, rate, schedule, args),
-                                          os.path.join(args.output_dir, name), args,
-                                          complete=True)
-        rows.append(pair_row(f"{task} {base} {rate:g} {schedule}", results))
-        print(line(rows[-1]), flush=True)
-    data = {"rows": rows}
+        results = convergence.run_or_load(
+            make_config(task, base, rate, schedule, args),
+            os.path.join(args.output_dir, f"{prefix}{task}_{base}_{schedule}"), args,
+            complete=True)
+        rows.append(pair_row(f"{task} {base} {rate:g} {schedule}", results, keys))
+        print(line(rows[-1], keys), flush=True)
+    data = {**(data or {}), "rows": rows}
+    text = markdown(rows, keys, **table)
     os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "damping.json"), "w") as f:
+    with open(os.path.join(args.output_dir, f"{stem}.json"), "w") as f:
         json.dump(data, f, indent=1)
-    with open(os.path.join(args.output_dir, "damping.md"), "w") as f:
-        f.write(markdown(rows))
-    print(markdown(rows))
+    with open(os.path.join(args.output_dir, f"{stem}.md"), "w") as f:
+        f.write(text)
+    print(text)
     return data
+
+
+def run(args):
+    return run_pairs(args, pair_config)
 
 
 BENCHMARK = cli.Benchmark(
