@@ -175,3 +175,33 @@ def test_fixed_and_energy_ranks_ignore_the_noise_estimate():
     energy = np.cumsum(s**2) / np.sum(s**2)
     expected = int(np.searchsorted(energy, 0.999) + 1)
     assert int(koopax.dmd.gram_operator(gram, rank=0.999, num_features=3000).rank) == expected
+
+
+def test_projectors_are_exact_to_round_off_after_the_early_stop():
+    # The sign iteration stops once a step changes X by < 0.1 sqrt(eps): the projector
+    # must still be exact to float32 round-off on a well-separated spectrum.
+    lam = np.array([0.2, 0.5, 0.8, 1.2, 1.5, -0.4])
+    t = np.random.default_rng(5).normal(size=(6, 6)) + 3 * np.eye(6)
+    a = t @ np.diag(lam) @ np.linalg.inv(t)
+    ref = _reference_projector(a, 0.99)
+    got = np.asarray(linalg.disk_projector(jnp.asarray(a, jnp.float32), 0.99))
+    np.testing.assert_allclose(got, ref, atol=2e-5 * np.abs(ref).max())
+    half = np.asarray(linalg.half_plane_projector(jnp.asarray(a, jnp.float32), 0.3))
+    vals, vecs = np.linalg.eig(a)
+    ref_half = (vecs @ np.diag((vals.real > 0.3).astype(float)) @ np.linalg.inv(vecs)).real
+    np.testing.assert_allclose(half, ref_half, atol=2e-5 * np.abs(ref_half).max())
+
+
+def test_a_batch_gives_each_matrix_exactly_its_own_result():
+    # The iterations stop at convergence; under vmap a converged matrix is frozen
+    # until the batch's last one has converged: the eigenvalues bit for bit what the
+    # matrix gets alone, the projectors to round-off (batched LAPACK inverses round
+    # differently, as before the early stop).
+    rng = np.random.default_rng(7)
+    a = jnp.asarray(rng.normal(size=(12, 6, 6)), jnp.float32)
+    sizes = jnp.asarray(rng.integers(1, 7, size=12), jnp.int32)
+    values = jax.vmap(linalg.eigvals)(a, sizes)
+    disks = jax.vmap(lambda x: linalg.disk_projector(x, 1.0))(a)
+    for j in range(12):
+        np.testing.assert_array_equal(values[j], linalg.eigvals(a[j], sizes[j]))
+        np.testing.assert_allclose(disks[j], linalg.disk_projector(a[j], 1.0), atol=1e-5)

@@ -242,11 +242,12 @@ def eigvals(a, size=None, *, max_iterations: int = 60):
     for ``k = size-1, ..., 1`` iterate ``H - mu I = QR``, ``H <- RQ + mu I`` on
     the active block ``H[:k+1, :k+1]`` (Wilkinson shift ``mu`` from its
     trailing 2 x 2 block, an exceptional shift every 11 iterations) until the
-    off-diagonal part of row ``k`` is negligible; then ``H[k, k]`` is an
-    eigenvalue. Every stage runs ``max_iterations`` steps, a converged one
-    left unchanged: no data-dependent loop, so a batch (``vmap`` over seeds or
-    blocks) gives each matrix exactly its own result, and nothing compiles
-    per call. Cost ``O(size^4)`` at most, negligible for ``size <= 32``.
+    off-diagonal part of row ``k`` is negligible (or ``max_iterations``);
+    then ``H[k, k]`` is an eigenvalue. A stage stops at convergence, and a
+    batch (``vmap`` over seeds or blocks) runs until its last matrix has
+    converged, the others frozen: each matrix gets exactly its own result,
+    and nothing compiles per call. About 3 iterations per eigenvalue (a
+    fixed 60 made a KGA refresh of a 5 x 5 operator cost 0.9 ms on CPU).
 
     Args:
       a: ``(m, m)`` real matrix.
@@ -280,7 +281,12 @@ def eigvals(a, size=None, *, max_iterations: int = 60):
         def offdiag(h):
             return jnp.sqrt(jnp.sum(jnp.abs(h[k] * row) ** 2))
 
-        def qr_step(it, h):
+        def unconverged(carry):
+            it, h = carry
+            return live & (it < max_iterations) & (offdiag(h) > 4 * eps * scale)
+
+        def qr_step(carry):
+            it, h = carry
             p, q, r, s = h[k - 1, k - 1], h[k - 1, k], h[k, k - 1], h[k, k]
             half_trace = 0.5 * (p + s)
             disc = jnp.sqrt(0.25 * (p - s) ** 2 + q * r)
@@ -290,12 +296,12 @@ def eigvals(a, size=None, *, max_iterations: int = 60):
             mu = jnp.where(exceptional, s + 0.75 * offdiag(h), mu)
             shifted = jnp.where(active, h - mu * eye, eye)
             qm, rm = jnp.linalg.qr(shifted)
-            h_new = _matmul(rm, qm) + mu * eye
-            # A converged (or inactive) stage is frozen: a fixed number of
-            # iterations gives every matrix of a batch the result it gets alone.
-            return jnp.where(live & (offdiag(h) > 4 * eps * scale), jnp.where(active, h_new, h), h)
+            return it + 1, jnp.where(active, _matmul(rm, qm) + mu * eye, h)
 
-        return jax.lax.fori_loop(0, max_iterations, qr_step, h)
+        # A stage stops once its row has converged: under vmap the loop runs
+        # until every matrix has, a converged one frozen, so each gets the
+        # result it gets alone.
+        return jax.lax.while_loop(unconverged, qr_step, (jnp.zeros((), jnp.int32), h))[1]
 
     h = jax.lax.fori_loop(0, m, stage, h)
     return jnp.where(idx < size, jnp.diagonal(h), 0)
@@ -373,7 +379,8 @@ def disk_projector(a, radius, *, iterations: int = 40):
     Args:
       a: ``(m, m)`` real matrix.
       radius: positive scalar.
-      iterations: Newton iterations (quadratic convergence once scaled).
+      iterations: most Newton iterations (it stops at convergence: about 5-8,
+        quadratic once scaled; a fixed 40 cost a KGA refresh 0.2 ms on CPU).
 
     Returns:
       ``(m, m)`` real projector.
@@ -386,14 +393,30 @@ def disk_projector(a, radius, *, iterations: int = 40):
 
 
 def _sign(x, iterations):
-    """The matrix sign function by the scaled Newton iteration (Higham 2008, ch. 5)."""
-    def newton(_, x):
+    """The matrix sign function by the scaled Newton iteration (Higham 2008, ch. 5).
+
+    It stops once an iteration changes ``X`` by less than ``0.1 sqrt(eps)``
+    relative (quadratic convergence: the last iterate is then exact to
+    round-off), or after ``iterations``; under ``vmap`` a converged matrix is
+    frozen until the batch's last one has converged.
+    """
+    tol = 0.1 * float(jnp.finfo(x.dtype).eps) ** 0.5
+
+    def unconverged(carry):
+        it, _, change = carry
+        return (it < iterations) & (change > tol)
+
+    def newton(carry):
+        it, x, _ = carry
         xinv = jnp.linalg.inv(x)
         g = jnp.sqrt(jnp.linalg.norm(xinv) / jnp.maximum(jnp.linalg.norm(x), 1e-30))
         g = jnp.where(jnp.isfinite(g) & (g > 0), g, 1.0)
-        return 0.5 * (g * x + xinv / g)
+        new = 0.5 * (g * x + xinv / g)
+        change = jnp.linalg.norm(new - x) / jnp.maximum(jnp.linalg.norm(new), 1e-30)
+        return it + 1, new, change
 
-    return jax.lax.fori_loop(0, iterations, newton, x)
+    start = (jnp.zeros((), jnp.int32), x, jnp.asarray(jnp.inf, x.dtype))
+    return jax.lax.while_loop(unconverged, newton, start)[1]
 
 
 @functools.partial(jax.jit, static_argnames=("iterations",))
