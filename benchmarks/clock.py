@@ -8,7 +8,8 @@ same method on the rate clock (snapshots at equal increments of the integrated
 learning rate, the horizon capped at the run's end: ``clock='rate'``), interleaved
 with the base in one run per pair (5 seeds, paired), both with the suite's other
 options (PDT: ``num_snapshots=5``, :func:`benchmarks.convergence.task_config`;
-``--num-snapshots N`` sets another window for both rows, e.g. 6, the library's).
+``--num-snapshots N`` sets another window for both rows, e.g. 6, the library's;
+``--horizon T`` PDT's horizon for both rows).
 
 Under cosine decay over 30 epochs the rate clock takes 10 snapshots and none
 after epoch 19; the figure is how many seeds reach the tuned base's best
@@ -35,17 +36,23 @@ def rows(method: str) -> tuple[str, str]:
 def pair_config(task, base, rate, schedule, args):
     """The harness config: the base and the method (step clock), plus the rate clock's row."""
     window = {} if args.num_snapshots is None else {"num_snapshots": args.num_snapshots}
+    if args.horizon is not None:
+        window["horizon"] = args.horizon
     return damping.two_row_config(task, base, rate, schedule, args, args.method,
                                   {**window, "clock": "steps"}, rows(args.method)[1],
                                   {**window, "clock": "rate"})
 
 
 def _stem(args) -> str:
-    """``pdt`` or ``pdt_h6``: the method, and the window where one is set."""
-    return args.method + ("" if args.num_snapshots is None else f"_h{args.num_snapshots}")
+    """``pdt``, ``pdt_h6`` or ``pdt_h6_tau6``: the method, the window and the horizon
+    where they are set."""
+    return (args.method + ("" if args.num_snapshots is None else f"_h{args.num_snapshots}")
+            + ("" if args.horizon is None else f"_tau{args.horizon}"))
 
 
 def run(args):
+    if args.horizon is not None and args.method != "pdt":
+        raise ValueError(f"--horizon is PDT's; got --method {args.method}.")
     return damping.run_pairs(
         args, pair_config, rows(args.method), prefix=f"{_stem(args)}_",
         stem=f"clock_{_stem(args)}", data={"method": args.method},
@@ -61,6 +68,8 @@ BENCHMARK = cli.Benchmark(
                    type=lambda t: (damping.parse_pair(t), t)[1]),
         cli.Option("--seeds", 5, "seeds per pair", type=cli.positive_int, quick=1),
         cli.Option("--num-snapshots", None, "the window of both rows (default: the suite's)",
+                   type=cli.positive_int),
+        cli.Option("--horizon", None, "PDT's horizon in both rows (default: the suite's)",
                    type=cli.positive_int),
     ))
 

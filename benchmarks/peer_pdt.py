@@ -143,6 +143,9 @@ METHODS = {
     "pdt_svht": {"rank": "svht"},
     "pdt_rcond0.1": {"rcond": 0.1},
     "pdt_rcond0.2": {"rcond": 0.2},
+    "pdt_fit_optimizer": {"fit_on": "optimizer"},
+    "pdt_window5": {"num_snapshots": 5},
+    "pdt_horizon6": {"horizon": 6},
 }
 
 

@@ -396,3 +396,14 @@ def test_clock_runs_one_method_on_both_clocks_under_cosine():
                             cli.parse_args("clock", ["--num-snapshots", "6"]))
     assert six.options["pdt"]["num_snapshots"] == 6
     assert six.extra_rows["pdt_rate"]["options"]["num_snapshots"] == 6
+
+
+def test_clock_sets_pdts_horizon_in_both_rows():
+    from benchmarks import clock
+    args = cli.parse_args("clock", ["--num-snapshots", "6", "--horizon", "6"])
+    config = clock.pair_config("digits_mlp", "sgd", 1.0, "cosine", args)
+    assert config.options["pdt"]["horizon"] == 6 and config.options["pdt"]["num_snapshots"] == 6
+    assert config.extra_rows["pdt_rate"]["options"]["horizon"] == 6
+    assert clock._stem(args) == "pdt_h6_tau6"
+    with pytest.raises(ValueError, match="horizon"):
+        clock.run(cli.parse_args("clock", ["--method", "kga", "--horizon", "6"]))
