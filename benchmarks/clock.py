@@ -35,12 +35,11 @@ def rows(method: str) -> tuple[str, str]:
 
 def pair_config(task, base, rate, schedule, args):
     """The harness config: the base and the method (step clock), plus the rate clock's row."""
-    window = {} if args.num_snapshots is None else {"num_snapshots": args.num_snapshots}
-    if args.horizon is not None:
-        window["horizon"] = args.horizon
+    both = {key: value for key, value in (("num_snapshots", args.num_snapshots),
+                                          ("horizon", args.horizon)) if value is not None}
     return damping.two_row_config(task, base, rate, schedule, args, args.method,
-                                  {**window, "clock": "steps"}, rows(args.method)[1],
-                                  {**window, "clock": "rate"})
+                                  {**both, "clock": "steps"}, rows(args.method)[1],
+                                  {**both, "clock": "rate"})
 
 
 def _stem(args) -> str:
