@@ -46,6 +46,9 @@ def transformations():
         "efficient_kga": lambda: koopax.efficient_kga(**every),
         # KWM needs a threshold: 0.03 of a typical weight's movement (examples/methods.py).
         "kwm_kga": lambda: koopax.masked_kga(koopax.masks.kwm(0.03, relative=True), **every),
+        # KWM with the floor and fade that make it device-independent (masks.kwm(rcond=...)).
+        "kwm_kga_floor": lambda: koopax.masked_kga(
+            koopax.masks.kwm(0.03, relative=True, rcond=0.1, margin=2.0), **every),
         "pdt": lambda: koopax.pdt(**every),
         "dogra": lambda: koopax.dmd_prediction(**every),
         "tano": lambda: koopax.dmd_prediction(mode="tano", **every),

@@ -327,7 +327,8 @@ class Method:
 KGA_DEFAULTS: dict = {name: inspect.signature(koopax.kga).parameters[name].default
                       for name in ("alpha", "num_snapshots")}
 KWM_EXTRAS = dict(kwm_epsilon=0.03, kwm_window=3, kwm_relative=True, kwm_every=1,
-                  kwm_capacity=0.5, kwm_margin=1.0)
+                  kwm_capacity=0.5,
+                  kwm_margin=inspect.signature(koopax.masks.kwm).parameters["margin"].default)
 #: The norm and delta masks have no default threshold (the KGA paper gives none, and
 #: absolute thresholds do not transfer between models); capacity 1 is the library's.
 NORM_EXTRAS = dict(norm_threshold=None, norm_capacity=1.0)

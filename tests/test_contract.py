@@ -174,11 +174,12 @@ def _norm(threshold=0.3):
 
 
 def _kwm(epsilon=0.05):
-    return masks.kwm(epsilon, window=3, relative=True, capacity=0.5, rank="svht")
+    # The floor and fade that make KWM the same on any number of devices (masks.kwm).
+    return masks.kwm(epsilon, window=3, relative=True, capacity=0.5, rcond=0.1, margin=2.0)
 
 
 _PDT = dict(horizon=3, **_WINDOW, start=3)
-_DMD = dict(horizon=3, **_WINDOW, rank="svht")
+_DMD = dict(horizon=3, **_WINDOW)
 _PDT_LIMITS = {
     "rejects all": ("per_call", lambda: koopax.pdt(**_PDT, criteria="quantity",
                                                    quantity_bounds=(1e9, None))),

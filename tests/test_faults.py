@@ -144,8 +144,10 @@ def test_an_unguarded_nan_gradient_passes_through_and_is_counted(name):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_vmap_over_seeds_is_each_seeds_run(name):
+def test_vmap_over_seeds_is_each_seeds_run(name, request):
     steps = 36   # 12 snapshots: corrections or jumps from the 6th on
+    if name == "dogra":   # its loss rises: a run that amplifies round-off
+        request.getfixturevalue("optimised_compiles")
     tx = optax.chain(optax.sgd(0.05, momentum=0.9), CONFIGS[name]())
 
     def run(p):

@@ -135,6 +135,7 @@ def window_corrector(snaps, alpha, **kwargs):
         probe.update(jnp.asarray(u, jnp.float32), at_rest, jnp.zeros(n))[0])
 
 
+@pytest.mark.usefixtures("optimised_compiles")
 def test_update_matches_the_paper_equations_and_scales_stable_modes():
     # Weights follow an exactly linear increment dynamics with eigenvalues
     # 0.9, 0.5 (stable) and 1.0 (neutral); KGA must scale stable components by

@@ -58,6 +58,7 @@ def _reference_projector(a, radius=None, *, right_of=None):
 
 
 @pytest.mark.parametrize("seed", range(4))
+@pytest.mark.usefixtures("optimised_compiles")
 def test_disk_projector_matches_eigen_decomposition(seed):
     rng = np.random.default_rng(seed)
     lam = np.array([0.3, 0.8, 0.97, 1.0, 1.3, -0.5])

@@ -389,10 +389,16 @@ def test_masked_kga_scales_each_weight_by_its_fade():
         masks.norm(0.6, margin=1.0), 0.5, num_snapshots=5, snapshot_every=2, apply_every=1))
     update = jax.jit(tx.update)
     p, st, checked = params, tx.init(params), 0
+    lowest = np.ones(32 + 512)           # each weight's lowest fade over the decisions so far
     for _ in range(24):
         u = jax.tree.map(lambda g: -0.9 * g, grad(p))
         before = st[1]
         out, st = update(grad(p), st, p)
+        if int(st[1].columns.num_mask_updates) > int(before.columns.num_mask_updates):
+            norms = np.concatenate([np.abs(np.asarray(x, np.float64)).ravel()
+                                    for x in jax.tree.leaves(st[1].columns.window.last)])
+            x = np.clip(norms / 0.6 - 1.0, 0.0, 1.0)
+            lowest = np.minimum(lowest, x * x * (3 - 2 * x))
         no_snapshot = (int(st[1].columns.compact_window.num_snapshots)
                        == int(before.columns.compact_window.num_snapshots))
         if bool(before.columns.compact) and int(before.operator.num_stable.sum()) > 0 \
@@ -410,16 +416,41 @@ def test_masked_kga_scales_each_weight_by_its_fade():
             atol = 4e-7 * np.abs(gather(u)).max()     # out - u: float32 round-off of u
             assert np.abs(want).max() > 30 * atol
             np.testing.assert_allclose(got, want, rtol=2e-3, atol=atol)
-            # The fades are the norm mask's at the latest decision (every snapshot);
-            # some weights are in the band.
-            norms = gather(jax.tree.map(jnp.abs, c.window.last))
-            expect = np.clip(norms / 0.6 - 1.0, 0.0, 1.0)
-            np.testing.assert_allclose(fades[kept], (expect * expect * (3 - 2 * expect))[kept],
-                                       atol=1e-6)
+            # The fades are the norm mask's, each weight's lowest over the decisions
+            # (one at every snapshot); some weights are in the band.
+            where = np.concatenate([np.asarray(i) + o for i, o in zip(c.indices, (0, 32))])
+            np.testing.assert_allclose(fades[kept], lowest[where[kept]], atol=1e-6)
             assert np.any((fades[kept] > 0.05) & (fades[kept] < 0.95))
             checked += 1
         p = optax.apply_updates(p, out)
     assert checked >= 3
+
+
+def test_a_fade_never_rises_again():
+    """A fade only falls (koopax._src.kga.masked): weight 0 enters the compact phase
+    half-faded (``|w| = 1.5``, threshold 1, margin 1) and then grows far above the
+    band. Its fade stays at the first decision's; the newest decision's, 1, would
+    let a weight that sat at the threshold in one run (and was dropped in another
+    that rounded differently) take the whole correction in one run only."""
+    tx = no_rollback.masked_kga(masks.norm(1.0, margin=1.0), 0.5, num_snapshots=4,
+                                snapshot_every=1, apply_every=1)
+    p = {"w": jnp.array([1.5, 5.0, -5.0, 6.0])}
+    st, update = tx.init(p), jax.jit(tx.update)
+    first, latest = None, None
+    for t in range(14):
+        rise = 0.4 if t >= 5 else 0.0
+        u = {"w": jnp.array([rise, 0.3 * 0.8 ** t, -0.2 * 0.7 ** t, 0.1 * 0.9 ** t])}
+        out, st = update(u, st, p)
+        p = optax.apply_updates(p, out)
+        c = st.columns
+        if bool(c.compact):
+            at = int(np.flatnonzero(np.asarray(c.indices[0]) == 0)[0])
+            latest = float(c.fades[0][at])
+            first = latest if first is None else first
+    assert 0.3 < first < 0.7                      # smoothstep(0.5) = 0.5 at the first decision
+    assert float(p["w"][0]) > 4.0                 # far above the band by the end: a new fade of 1
+    assert int(st.columns.num_mask_updates) >= 5
+    assert latest <= first
 
 
 def test_kwm_scores_are_continuous_across_the_neutral_band_edge():

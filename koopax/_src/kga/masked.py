@@ -42,7 +42,11 @@ with ``K`` the operator of ``(G X_I)^T (G X_I)``. A weight at the threshold
 (``g_j -> 0``) leaves both the correction and the fit continuously; ``g = 1``
 is the update above. The criterion itself still sees the plain increments
 (the compact window divided by ``g``). A decision rescales the stored columns
-from the old fades to the new ones.
+from the old fades to the new ones. A fade only falls (``g_j <- min(g_j,
+g'_j)``): the continuous form of the kept set that only shrinks, so a weight
+that once sat at the threshold (a fade near ``MIN_FADE`` in one run,
+excluded in another that rounded differently) never takes a large share of
+the correction again in one run and none in the other.
 
 The window is a ring buffer (:class:`koopax.RingWindow`, written in place) and the
 DMD refresh uses ``C`` as the row count in the rank policy's noise threshold
@@ -217,7 +221,10 @@ def _shrink(mask, store: MaskedColumns, sizes) -> MaskedColumns:
     plain = _faded(compact_slots(store), store.fades, -1)     # X_I: the criterion's view
     last = _faded(cw.last, store.fades, -1)
     ring = _compact_ring(last, plain, cw.num_snapshots)._replace(slots=plain)
-    fade = tuple(masks.fade(mask, _inputs(ring)))
+    # A fade only falls: a weight that once sat near the threshold never takes
+    # more of the correction again (the continuous form of "the kept set only shrinks").
+    fade = tuple(jnp.minimum(g, old) for g, old in zip(masks.fade(mask, _inputs(ring)),
+                                                         store.fades, strict=True))
     keep = tuple(g >= masks.MIN_FADE for g in fade)
     indices, positions, num_kept = compaction.recompact(store.indices, keep, sizes)
     fades = compaction.take(fade, positions)
