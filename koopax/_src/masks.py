@@ -363,6 +363,12 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
       rcond: the score's floor relative to ``sigma_1`` (default: the Gram
         route's, ``1e-3`` in float32); singular values between ``rcond`` and
         ``2 rcond`` times ``sigma_1`` fade in (:func:`koopax._src.dmd.floor_taper`).
+        The taper makes the reduced operator continuous, not the score: the
+        amplitudes' least-squares fit gives a faded mode its full weight back
+        (a singular value crossing the floor can still move a score by a whole
+        mode). On the tanh MLP below it is what takes ``rcond=0.1`` from
+        ``2.9e-5`` to ``6.7e-6`` (and ``tests/test_contract.py``'s 8-device
+        KWM row fails without it).
         **[choice]** ``rcond=0.1, margin=2`` makes the mask the same on any
         number of devices (a tanh MLP, 8 devices against 1: ``6.7e-6`` of the
         largest weight, against ``1.3e-4`` with the defaults;
