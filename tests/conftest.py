@@ -7,7 +7,7 @@ Every test compiles without XLA's optimisation passes
 (``jax_disable_most_optimizations``): the suite's tiny programs spend most of
 their time compiling, and the passes buy nothing at their sizes (the suite ran
 about a fifth faster without them); ``optimised_compiles`` turns them back on
-for a test. ``fast_compiles`` is kept for the modules that name it.
+for a test.
 """
 
 import os
@@ -35,17 +35,6 @@ def optimised_compiles():
     jax.config.update("jax_disable_most_optimizations", False)
     yield
     jax.config.update("jax_disable_most_optimizations", True)
-
-
-@pytest.fixture(scope="module")
-def fast_compiles():
-    """``jax_disable_most_optimizations`` for the tests of one module."""
-    import jax
-
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -30,9 +30,6 @@ from examples.models import (
 BATCH = 8
 
 
-# Tiny models compile much faster without XLA's optimisation passes.
-pytestmark = pytest.mark.usefixtures("fast_compiles")
-
 
 def _num_scalars(tree) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))

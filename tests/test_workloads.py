@@ -17,9 +17,6 @@ pytest.importorskip("flax")
 from examples import controls, methods, report, train, tune  # noqa: E402
 
 
-# Tiny models compile much faster without XLA's optimisation passes.
-pytestmark = pytest.mark.usefixtures("fast_compiles")
-
 
 @pytest.mark.parametrize("module", ["examples.controls", "examples.datasets",
                                     "examples.models.transformer", "examples.tune"])

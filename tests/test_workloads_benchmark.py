@@ -11,9 +11,6 @@ pytest.importorskip("matplotlib")
 from benchmarks import workloads  # noqa: E402
 
 
-# Tiny models compile much faster without XLA's optimisation passes.
-pytestmark = pytest.mark.usefixtures("fast_compiles")
-
 
 def test_defaults_and_configs():
     args = workloads.parse_args([])
