@@ -30,7 +30,6 @@ from examples.models import (
 BATCH = 8
 
 
-
 def _num_scalars(tree) -> int:
     return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 

@@ -9,7 +9,6 @@ from flax import nnx
 from examples.models import CharTransformer, count_params, create_model, transformer_param_count
 
 
-
 def test_full_size_parameter_count_matches_the_formula():
     model = nnx.eval_shape(lambda: create_model("transformer", num_classes=100,
                                                 input_shape=(64,), size="full"))

@@ -17,7 +17,6 @@ pytest.importorskip("flax")
 from examples import controls, methods, report, train, tune  # noqa: E402
 
 
-
 @pytest.mark.parametrize("module", ["examples.controls", "examples.datasets",
                                     "examples.models.transformer", "examples.tune"])
 def test_docstring_examples(module):

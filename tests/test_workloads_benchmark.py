@@ -11,7 +11,6 @@ pytest.importorskip("matplotlib")
 from benchmarks import workloads  # noqa: E402
 
 
-
 def test_defaults_and_configs():
     args = workloads.parse_args([])
     assert args.tasks == ["char_lm", "vit"] and args.bases == ["adamw_warmup_cosine", "adam"]
