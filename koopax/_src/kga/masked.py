@@ -221,8 +221,7 @@ def _shrink(mask, store: MaskedColumns, sizes) -> MaskedColumns:
     plain = _faded(compact_slots(store), store.fades, -1)     # X_I: the criterion's view
     last = _faded(cw.last, store.fades, -1)
     ring = _compact_ring(last, plain, cw.num_snapshots)._replace(slots=plain)
-    # A fade only falls: a weight that once sat near the threshold never takes
-    # more of the correction again (the continuous form of "the kept set only shrinks").
+    # A fade only falls (module docstring, **Fades**).
     fade = tuple(jnp.minimum(g, old) for g, old in zip(masks.fade(mask, _inputs(ring)),
                                                          store.fades, strict=True))
     keep = tuple(g >= masks.MIN_FADE for g in fade)
