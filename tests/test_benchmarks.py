@@ -335,6 +335,14 @@ def test_devices_declares_its_steps_and_tabulates_the_gap():
                steps_before_divergence=100, gap_before_divergence=1.5e-6)
     assert ("| pdt | 1.5e-06 | yes | 0.397 | 0.397 | 100 (never rose) | 1.5e-06 |"
             in devices.markdown([row], 100))
+    assert "processes" not in devices.markdown([row], 100)
+    # The jax.distributed job's rows (--processes, 2 by default), in a table of their own.
+    assert cli.parse_args("devices", []).processes == 2
+    job_row = dict(row, processes=2, relative_gap_processes=2e-5, loss_processes=0.398,
+                   gap_before_divergence_processes=1e-6)
+    table = devices.markdown([job_row], 100)
+    assert "2 processes x 4 devices" in table
+    assert "| pdt | 2e-05 | no | 0.398 | 1e-06 |" in table
     # The gap before divergence stops at the first step whose loss exceeds the first one.
     w = lambda x: {"w": np.array([x])}
     one = [(w(1.0), 2.0), (w(1.0), 1.0), (w(1.0), 3.0), (w(1.0), 9.0)]
@@ -407,3 +415,23 @@ def test_clock_sets_pdts_horizon_in_both_rows():
     assert clock._stem(args) == "pdt_h6_tau6"
     with pytest.raises(ValueError, match="horizon"):
         clock.run(cli.parse_args("clock", ["--method", "kga", "--horizon", "6"]))
+
+
+def test_devices_job_trains_as_one_device_does():
+    # The jax.distributed job of `benchmarks devices --processes 2` (2 processes x 4
+    # CPU devices over 127.0.0.1): its trace per step, gathered from both processes,
+    # against the one-device run. A job whose weights came from one process only, or
+    # a step out of phase, leaves the one-device run by far more than round-off.
+    from benchmarks import devices
+    (trace, final_loss), = devices.job(["kga"], 3, 2)
+    one = []
+    weights, loss, _ = devices.train(devices.transformations()["kga"], 3, sharded=False,
+                                     history=one)
+    assert len(trace) == 3 and set(trace[-1][0]) == set(weights)
+    scale = max(float(np.abs(v).max()) for v in weights.values())
+    for (w_one, loss_one), (w_job, loss_job) in zip(one, trace):
+        assert devices._gap(w_one, w_job, scale) <= 1e-5
+        assert loss_job == pytest.approx(loss_one, rel=1e-5)
+    assert final_loss == pytest.approx(loss, rel=1e-5)
+    with pytest.raises(ValueError, match="processes"):
+        devices.job(["kga"], 3, 3)
