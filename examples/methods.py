@@ -198,7 +198,8 @@ def _kwm_mask(extras):
     # 0.03 -> MNIST-1D 0.50 / 0.88, quadratic 0.63 / 0.70. 0.03 is taken.
     return koopax.masks.kwm(extras["kwm_epsilon"], window=extras["kwm_window"],
                             relative=extras["kwm_relative"], every=extras["kwm_every"],
-                            capacity=extras["kwm_capacity"], margin=extras["kwm_margin"])
+                            capacity=extras["kwm_capacity"], margin=extras["kwm_margin"],
+                            rcond=extras["kwm_rcond"])
 
 
 def _masked(make_mask):
@@ -328,7 +329,11 @@ KGA_DEFAULTS: dict = {name: inspect.signature(koopax.kga).parameters[name].defau
                       for name in ("alpha", "num_snapshots")}
 KWM_EXTRAS = dict(kwm_epsilon=0.03, kwm_window=3, kwm_relative=True, kwm_every=1,
                   kwm_capacity=0.5,
-                  kwm_margin=inspect.signature(koopax.masks.kwm).parameters["margin"].default)
+                  **{f"kwm_{name}": inspect.signature(koopax.masks.kwm).parameters[name].default
+                     for name in ("margin", "rcond")})
+#: KWM with PDT's floor (``masks.kwm(rcond=0.1, margin=2)``): the same weights on 8
+#: devices as on 1 (``python -m benchmarks devices``), not the default (``masks.kwm``).
+KWM_FLOOR_EXTRAS = {**KWM_EXTRAS, "kwm_rcond": 0.1, "kwm_margin": 2.0}
 #: The norm and delta masks have no default threshold (the KGA paper gives none, and
 #: absolute thresholds do not transfer between models); capacity 1 is the library's.
 NORM_EXTRAS = dict(norm_threshold=None, norm_capacity=1.0)
@@ -367,6 +372,9 @@ register_method(Method("kga_efficient", "Efficient-KGA (koopax.efficient_kga)",
 register_method(Method("kga_kwm", "KGA with the Koopman weight mask "
                        "(koopax.masked_kga(koopax.masks.kwm(...)))",
                        _kga_kwm, KGA_DEFAULTS, {**KWM_EXTRAS, **CLOCK_EXTRAS}))
+register_method(Method("kga_kwm_floor", "KGA with the Koopman weight mask at PDT's floor "
+                       "(koopax.masks.kwm(..., rcond=0.1, margin=2))",
+                       _kga_kwm, KGA_DEFAULTS, {**KWM_FLOOR_EXTRAS, **CLOCK_EXTRAS}))
 register_method(Method("kga_norm", "KGA with the norm mask "
                        "(koopax.masked_kga(koopax.masks.norm(norm_threshold, ...)))",
                        _kga_norm, KGA_DEFAULTS, {**NORM_EXTRAS, **CLOCK_EXTRAS},
