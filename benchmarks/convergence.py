@@ -89,7 +89,7 @@ from examples.train import Config, base_lr_name, train_and_evaluate  # noqa: E40
 
 METHODS = ("kga", "kga_efficient", "kga_kwm", "pdt", "tano", "dogra")
 #: Accepted by ``--methods`` but not run by default.
-OTHER_METHODS = ("kga_kwm_floor",)
+OTHER_METHODS = ("kga_kwm_floor", "kga_kwm_sigma1")
 BASES = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "cosine")
 LR_FACTORS = (0.5, 2.0)

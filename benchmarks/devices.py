@@ -55,7 +55,8 @@ def transformations():
         "efficient_kga": lambda: koopax.efficient_kga(**every),
         # KWM needs a threshold: 0.03 of a typical weight's movement (examples/methods.py).
         "kwm_kga": lambda: koopax.masked_kga(koopax.masks.kwm(0.03, relative=True), **every),
-        # KWM with the floor and fade that make it device-independent (masks.kwm(rcond=...)).
+        # KWM at PDT's floor (masks.kwm's rcond): the same on any device count too, but it
+        # drops weak modes that are real.
         "kwm_kga_floor": lambda: koopax.masked_kga(
             koopax.masks.kwm(0.03, relative=True, rcond=0.1, margin=2.0), **every),
         "pdt": lambda: koopax.pdt(**every),

@@ -199,7 +199,8 @@ def _kwm_mask(extras):
     return koopax.masks.kwm(extras["kwm_epsilon"], window=extras["kwm_window"],
                             relative=extras["kwm_relative"], every=extras["kwm_every"],
                             capacity=extras["kwm_capacity"], margin=extras["kwm_margin"],
-                            rcond=extras["kwm_rcond"])
+                            rcond=extras["kwm_rcond"],
+                            roundoff_margin=extras["kwm_roundoff_margin"])
 
 
 def _masked(make_mask):
@@ -330,10 +331,13 @@ KGA_DEFAULTS: dict = {name: inspect.signature(koopax.kga).parameters[name].defau
 KWM_EXTRAS = dict(kwm_epsilon=0.03, kwm_window=3, kwm_relative=True, kwm_every=1,
                   kwm_capacity=0.5,
                   **{f"kwm_{name}": inspect.signature(koopax.masks.kwm).parameters[name].default
-                     for name in ("margin", "rcond")})
+                     for name in ("margin", "rcond", "roundoff_margin")})
 #: KWM with PDT's floor (``masks.kwm(rcond=0.1, margin=2)``): the same weights on 8
-#: devices as on 1 (``python -m benchmarks devices``), not the default (``masks.kwm``).
+#: devices as on 1 too, but it drops real weak modes (``masks.kwm``'s ``rcond``).
 KWM_FLOOR_EXTRAS = {**KWM_EXTRAS, "kwm_rcond": 0.1, "kwm_margin": 2.0}
+#: KWM with the floor relative to ``sigma_1`` only (``roundoff_margin=0``: before the
+#: round-off floor of ``masks.kwm``).
+KWM_SIGMA1_EXTRAS = {**KWM_EXTRAS, "kwm_roundoff_margin": 0.0}
 #: The norm and delta masks have no default threshold (the KGA paper gives none, and
 #: absolute thresholds do not transfer between models); capacity 1 is the library's.
 NORM_EXTRAS = dict(norm_threshold=None, norm_capacity=1.0)
@@ -375,6 +379,9 @@ register_method(Method("kga_kwm", "KGA with the Koopman weight mask "
 register_method(Method("kga_kwm_floor", "KGA with the Koopman weight mask at PDT's floor "
                        "(koopax.masks.kwm(..., rcond=0.1, margin=2))",
                        _kga_kwm, KGA_DEFAULTS, {**KWM_FLOOR_EXTRAS, **CLOCK_EXTRAS}))
+register_method(Method("kga_kwm_sigma1", "KGA with the Koopman weight mask, its floor "
+                       "relative to sigma_1 only (koopax.masks.kwm(..., roundoff_margin=0))",
+                       _kga_kwm, KGA_DEFAULTS, {**KWM_SIGMA1_EXTRAS, **CLOCK_EXTRAS}))
 register_method(Method("kga_norm", "KGA with the norm mask "
                        "(koopax.masked_kga(koopax.masks.norm(norm_threshold, ...)))",
                        _kga_norm, KGA_DEFAULTS, {**NORM_EXTRAS, **CLOCK_EXTRAS},

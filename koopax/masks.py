@@ -10,7 +10,7 @@ by a whole correction.
 """
 
 from koopax._src.masks import (Mask, MaskInputs, delta, fade, init, kwm, kwm_scores, norm,
-                               transient_weights, update)
+                               roundoff_floor, transient_weights, update)
 
 __all__ = ["Mask", "MaskInputs", "delta", "fade", "init", "kwm", "kwm_scores", "norm",
-           "transient_weights", "update"]
+           "roundoff_floor", "transient_weights", "update"]

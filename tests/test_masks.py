@@ -168,6 +168,33 @@ def test_kwm_scores_frozen_vs_moving():
     np.testing.assert_array_equal(np.asarray(excl), ~moving)
 
 
+def test_kwm_drops_a_mode_at_the_weights_round_off():
+    # Two modes on disjoint weights: 0-9 decay at 0.9 (amplitude 1), 10-19 at 0.5
+    # (amplitude 3e-2, a weak mode). The same motion on weights near
+    # 0 and near 3e3, where float32 rounds each weight to 2.4e-4, as large as the weak
+    # increments themselves.
+    h, s = 7, 3
+    base = np.r_[np.ones(10), 3e-2 * np.ones(10)]
+    lam = np.r_[np.full(10, 0.9), np.full(10, 0.5)]
+
+    def scores(offset, **options):
+        snaps = [{"w": jnp.asarray(offset + base * lam**t, jnp.float32)} for t in range(h)]
+        return np.asarray(masks.kwm_scores(_inputs(snaps), window=s, **options)["w"])
+
+    # Near 0 the weak mode is real and kept: each weight's remaining movement, exact.
+    np.testing.assert_allclose(scores(0.0), base * lam ** (h - s), rtol=2e-3)
+    # Near 3e3 it lies within 1e4 of eps ||w|| (the floor reaches its cap, 0.5 sigma_1):
+    # dropped, the scores are the rank-1 DMD's; the Gram floor alone kept it, and its
+    # round-off moved the weak weights' scores by 60 %.
+    near = scores(3e3)
+    np.testing.assert_allclose(near, scores(3e3, rank=1, roundoff_margin=0.0), rtol=1e-5)
+    assert np.all(np.abs(near[10:] / scores(3e3, roundoff_margin=0.0)[10:] - 1) > 1.0)
+    with pytest.raises(ValueError, match="roundoff_margin"):
+        masks.kwm(1e-3, roundoff_margin=-1.0)
+    with pytest.raises(ValueError, match="roundoff_margin"):
+        masks.kwm(1e-3, roundoff_margin=jnp.float32(1.0))
+
+
 def test_kwm_relative_threshold_is_scale_free():
     h, s, lam = 7, 3, 0.8
     snaps, amp = _kwm_trajectory(h, lam)

@@ -29,7 +29,9 @@ the last ``m`` increments ``d_i = w_{i+1} - w_i`` and their Gram matrix):
   ``drift=True`` (default, a deliberate deviation) a weight whose drift per
   snapshot ``|Re sum_k (1 - t_k) lambda_k^m b_k phi_{k,j}|`` reaches
   ``epsilon`` is kept too; the paper's raw-weight DMD would lump that drift
-  with the fixed point and mask the weight.
+  with the fixed point and mask the weight. The score's DMD leaves out the
+  modes that lie within ``1e4`` of the weights' own round-off
+  (:func:`roundoff_floor`): an extrapolation would carry it into the mask.
 
 Each criterion is a score against a threshold (``|w_j|``, ``max_i |d_{i,j}|``,
 ``S_j``): weight ``j`` is excluded when ``score_j < threshold``. With a
@@ -69,7 +71,7 @@ import jax.numpy as jnp
 
 from koopax._src import linalg, tree_math, validation
 from koopax._src.compaction import validate_capacity
-from koopax._src.dmd import gram_operator
+from koopax._src.dmd import default_rcond, gram_operator
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -291,18 +293,67 @@ def transient_weights(eigenvalues, neutral_epsilon, valid):
     return jnp.where(valid, weight, 0.0).astype(jnp.float32)
 
 
+#: How far above the weights' round-off a mode must lie for KWM to extrapolate it
+#: (:func:`kwm`'s ``roundoff_margin``).
+ROUNDOFF_MARGIN = 1e4
+
+
+def _check_roundoff_margin(margin):
+    if not isinstance(margin, numbers.Real) or isinstance(margin, bool):
+        raise ValueError(f"roundoff_margin must be a static finite number >= 0; got {margin!r}.")
+    validation.number(margin, "roundoff_margin", low=0.0, what="a finite number >= 0")
+
+
+def roundoff_floor(gram, params, margin=ROUNDOFF_MARGIN):
+    """The score's round-off floor relative to ``sigma_1``: ``margin * eps * ||w|| / sigma_1``.
+
+    The increments ``d_i = w_{i+1} - w_i`` are differences of stored weights,
+    each known to about ``eps |w_j|`` (``eps`` of the weights' dtype), so a
+    mode whose singular value is within ``margin`` of ``eps ||w||_F`` is
+    mostly round-off to an extrapolation. ``sigma_1`` is the largest singular
+    value of ``X = [d_0 ... d_{m-2}]`` (from ``gram[:-1, :-1]``). Capped at 0.5,
+    so that the leading mode always stays.
+
+    Examples:
+      Float32 weights of norm 1 and ``sigma_1 = 1``: the floor is
+      ``1e4 * 1.19e-7 * 1 = 1.19e-3`` of ``sigma_1``; weights of norm 100
+      put it at ``0.119``:
+
+      >>> import jax.numpy as jnp, koopax
+      >>> gram = jnp.diag(jnp.array([1.0, 1e-2, 1e-4]))
+      >>> round(float(koopax.masks.roundoff_floor(gram, {"w": jnp.full(4, 0.5)})), 5)
+      0.00119
+      >>> round(float(koopax.masks.roundoff_floor(gram, {"w": jnp.full(4, 50.0)})), 3)
+      0.119
+
+    References:
+      Higham, *Accuracy and Stability of Numerical Algorithms*, SIAM 2002, §2.1
+      (a stored number is known to ``eps`` relative).
+    """
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    eps = max(float(jnp.finfo(tree_math.accumulation_dtype(x.dtype)).eps) for x in leaves)
+    norm = jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+    top = jnp.linalg.eigvalsh(jnp.asarray(gram, jnp.float32)[:-1, :-1])[-1]
+    sigma_1 = jnp.sqrt(jnp.maximum(top, jnp.finfo(jnp.float32).tiny))
+    return jnp.minimum(margin * eps * norm / sigma_1, 0.5)
+
+
 def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None, rcond=None,
-               drift=True):
+               drift=True, roundoff_margin=ROUNDOFF_MARGIN):
     """KWM scores ``max_i S_{i,j}`` over the last ``window`` snapshots (module docstring).
 
     Returns a float32 pytree shaped like ``inputs.params``: weight ``j`` is
-    excluded by :func:`kwm` when its score is below ``epsilon``.
+    excluded by :func:`kwm` when its score is below ``epsilon``. The options
+    are :func:`kwm`'s.
     """
     if not _is_int(window) or window < 1:
         raise ValueError(f"window must be an int >= 1; got {window!r}.")
     if not 0.0 <= float(neutral_epsilon) < 1.0:
         raise ValueError(f"neutral_epsilon must lie in [0, 1); got {neutral_epsilon}.")
     linalg.validate_rank(rank)
+    _check_roundoff_margin(roundoff_margin)
     incs = tuple(inputs.increments)
     m = len(incs)
     if m < 3:
@@ -312,7 +363,10 @@ def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None,
     k = m - 1
     gram = jnp.asarray(inputs.gram, jnp.float32)
     num_features = tree_math.tree_size(incs[0])
-    red = gram_operator(gram, rank=rank, num_features=num_features, rcond=rcond, taper=True)
+    floor = jnp.asarray(default_rcond(jnp.float32) if rcond is None else rcond, jnp.float32)
+    if roundoff_margin:
+        floor = jnp.maximum(floor, roundoff_floor(gram, inputs.params, roundoff_margin))
+    red = gram_operator(gram, rank=rank, num_features=num_features, rcond=floor, taper=True)
     values, vectors = linalg.eig(red.operator, red.rank)
     valid = jnp.arange(k) < red.rank
     cdt = values.dtype
@@ -349,8 +403,9 @@ def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None,
     return jax.tree.map(lambda s: s.astype(jnp.float32), score)
 
 
-def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift=True,
-        relative=False, margin=1.0, capacity=1.0, start=None, every=1) -> Mask:
+def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None,
+        roundoff_margin=ROUNDOFF_MARGIN, drift=True, relative=False, margin=1.0, capacity=1.0,
+        start=None, every=1) -> Mask:
     """Koopman-based weight masking (KGA paper Eqs. 14-15).
 
     Args:
@@ -361,28 +416,31 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
       neutral_epsilon: half-width of the neutral band ``|1 - |lambda|| <= eps``.
       rank: DMD rank policy (as :func:`koopax.exact_dmd`).
       rcond: the score's floor relative to ``sigma_1`` (default: the Gram
-        route's, ``1e-3`` in float32); singular values between ``rcond`` and
-        ``2 rcond`` times ``sigma_1`` fade in (:func:`koopax._src.dmd.floor_taper`;
-        this makes the reduced operator continuous, not the score, whose
-        amplitudes' least-squares fit gives a faded mode its weight back).
-        **[choice]** ``rcond=0.1, margin=2`` makes the mask the same on any
-        number of devices (a tanh MLP, 8 devices against 1: ``3.8e-6`` of the
-        largest weight, against ``1.4e-4`` with the defaults;
-        ``python -m benchmarks devices``): the score extrapolates increments
-        by ``1 / (1 - lambda)``, and a mode at ``s * sigma_1`` carries the
-        weights' round-off amplified by ``1 / s``. It is not the default
-        because it also drops weak modes that are real, and training pays:
-        over the 12 tuned constant-rate pairs of the MLP/CNN suite it reached
-        the tuned base's best loss in 47 seeds of 60 against 51
-        (``benchmarks/results/kwm_floor``). On the z=x^2+y^2 MLP it masked
-        every weight within two decisions in 3 seeds of 5: the first
-        window's ``sigma_1`` is the first epoch's transient, the slow mode
-        (``lambda ~ 0.89``) lies below ``0.1 sigma_1``, and the fast modes
-        left predict almost no movement (median score ``2.2e-4`` against a
-        threshold of ``3.5e-4``; ``0.12`` with the default floor). On the
-        quadratic of
-        ``tests/test_masks.py::test_kga_kwm_masks_frozen_weights_and_only_grows``
-        it keeps 85 % of the slowly moving weights, against 92 %.
+        route's, ``1e-3`` in float32), raised by ``roundoff_margin``;
+        singular values between the floor and twice it fade in
+        (:func:`koopax._src.dmd.floor_taper`; this makes the reduced operator
+        continuous, not the score, whose amplitudes' least-squares fit gives
+        a faded mode its weight back). A fixed floor of ``0.1`` (with
+        ``margin=2``) also makes KWM the same on any number of devices, but
+        drops weak modes that are real: over the 12 tuned constant-rate pairs
+        of the MLP/CNN suite it reached the tuned base's best loss in 47
+        seeds of 60 against 51, and it masked every weight of the z=x^2+y^2
+        MLP in 3 seeds of 5, whose first window's ``sigma_1`` is the first
+        epoch's transient (``benchmarks/results/kwm_floor``).
+      roundoff_margin: **[choice]** the floor is at least
+        ``roundoff_margin * eps * ||w||_F / sigma_1``
+        (:func:`roundoff_floor`, default ``1e4``; ``0`` turns it off): the
+        increments are differences of weights stored to ``eps |w_j|``, and
+        the score extrapolates a mode at ``s`` by ``1 / (1 - lambda)``, so a
+        mode within ``1e4`` of the weights' round-off would carry it into
+        the mask. Weights that move little against their size (a tanh MLP at
+        SGD 0.05: the floor is 0.06-0.24 ``sigma_1``) drop such modes, and
+        weights that move much keep theirs (the z=x^2+y^2 and digits MLPs:
+        3e-3 to 2e-2). 8 devices against 1 on that tanh MLP:
+        ``4.3e-6`` of the largest weight (``8.8e-6`` across 2 processes),
+        against ``1.4e-4`` without it (``python -m benchmarks devices``). The
+        tuned MLP/CNN suite gives the same seeds and epochs with and without
+        it, in every pair (``benchmarks/results/kwm_roundoff``).
       drift: also keep weights whose steady (neutral-mode) drift per snapshot
         reaches ``epsilon``.
       relative: if True, the threshold is ``epsilon * rms(d_m)``, the
@@ -416,6 +474,7 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
                       what="a number in [0, 1)")
     linalg.validate_rank(rank)
     validation.optional_fraction(rcond, "rcond")
+    _check_roundoff_margin(roundoff_margin)
     validation.boolean(relative, "relative")
     validation.boolean(drift, "drift")
     _check_margin(margin)
@@ -423,7 +482,7 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None, drift
 
     def measure(inputs):
         scores = kwm_scores(inputs, window=window, neutral_epsilon=neutral_epsilon, rank=rank,
-                            rcond=rcond, drift=drift)
+                            rcond=rcond, drift=drift, roundoff_margin=roundoff_margin)
         threshold = eps
         if relative:
             newest = inputs.increments[-1]
