@@ -308,9 +308,11 @@ def roundoff_floor(gram, params, margin=ROUNDOFF_MARGIN):
     """The score's round-off floor relative to ``sigma_1``: ``margin * eps * ||w|| / sigma_1``.
 
     The increments ``d_i = w_{i+1} - w_i`` are differences of stored weights,
-    each known to about ``eps |w_j|`` (``eps`` of the weights' dtype), so a
-    mode whose singular value is within ``margin`` of ``eps ||w||_F`` is
-    mostly round-off to an extrapolation. ``sigma_1`` is the largest singular
+    each known to about ``eps |w_j|``, so a mode whose singular value is
+    within ``margin`` of ``eps ||w||_F`` is mostly round-off to an
+    extrapolation. ``eps`` is that of the dtype koopax accumulates in
+    (:func:`koopax._src.tree_math.accumulation_dtype`: float32's for float32
+    and bfloat16 weights; a floor at bfloat16's own ``eps`` is untested). ``sigma_1`` is the largest singular
     value of ``X = [d_0 ... d_{m-2}]`` (from ``gram[:-1, :-1]``). Capped at 0.5,
     so that the leading mode always stays.
 
