@@ -144,10 +144,10 @@ def _check_common(capacity, start, every):
         raise ValueError(f"every must be an int >= 1; got {every!r}.")
 
 
-def _check_margin(margin):
+def _check_margin(margin, name="margin"):
     if not isinstance(margin, numbers.Real) or isinstance(margin, bool):
-        raise ValueError(f"margin must be a static finite number >= 0; got {margin!r}.")
-    validation.number(margin, "margin", low=0.0, what="a finite number >= 0")
+        raise ValueError(f"{name} must be a static finite number >= 0; got {margin!r}.")
+    validation.number(margin, name, low=0.0, what="a finite number >= 0")
 
 
 # --------------------------------------------------------------------------
@@ -298,12 +298,6 @@ def transient_weights(eigenvalues, neutral_epsilon, valid):
 ROUNDOFF_MARGIN = 1e4
 
 
-def _check_roundoff_margin(margin):
-    if not isinstance(margin, numbers.Real) or isinstance(margin, bool):
-        raise ValueError(f"roundoff_margin must be a static finite number >= 0; got {margin!r}.")
-    validation.number(margin, "roundoff_margin", low=0.0, what="a finite number >= 0")
-
-
 def roundoff_floor(gram, params, margin=ROUNDOFF_MARGIN):
     """The score's round-off floor relative to ``sigma_1``: ``margin * eps * ||w|| / sigma_1``.
 
@@ -312,9 +306,10 @@ def roundoff_floor(gram, params, margin=ROUNDOFF_MARGIN):
     within ``margin`` of ``eps ||w||_F`` is mostly round-off to an
     extrapolation. ``eps`` is that of the dtype koopax accumulates in
     (:func:`koopax._src.tree_math.accumulation_dtype`: float32's for float32
-    and bfloat16 weights; a floor at bfloat16's own ``eps`` is untested). ``sigma_1`` is the largest singular
-    value of ``X = [d_0 ... d_{m-2}]`` (from ``gram[:-1, :-1]``). Capped at 0.5,
-    so that the leading mode always stays.
+    and bfloat16 weights; a floor at bfloat16's own ``eps`` is untested).
+    ``sigma_1`` is the largest singular value of ``X = [d_0 ... d_{m-2}]``
+    (from ``gram[:-1, :-1]``). Capped at 0.5, so that the leading mode always
+    stays.
 
     Examples:
       Float32 weights of norm 1 and ``sigma_1 = 1``: the floor is
@@ -336,7 +331,7 @@ def roundoff_floor(gram, params, margin=ROUNDOFF_MARGIN):
     if not leaves:
         return jnp.zeros((), jnp.float32)
     eps = max(float(jnp.finfo(tree_math.accumulation_dtype(x.dtype)).eps) for x in leaves)
-    norm = jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+    norm = jnp.sqrt(tree_math.tree_vdot(params, params))
     top = jnp.linalg.eigvalsh(jnp.asarray(gram, jnp.float32)[:-1, :-1])[-1]
     sigma_1 = jnp.sqrt(jnp.maximum(top, jnp.finfo(jnp.float32).tiny))
     return jnp.minimum(margin * eps * norm / sigma_1, 0.5)
@@ -355,7 +350,7 @@ def kwm_scores(inputs: MaskInputs, *, window=5, neutral_epsilon=1e-2, rank=None,
     if not 0.0 <= float(neutral_epsilon) < 1.0:
         raise ValueError(f"neutral_epsilon must lie in [0, 1); got {neutral_epsilon}.")
     linalg.validate_rank(rank)
-    _check_roundoff_margin(roundoff_margin)
+    _check_margin(roundoff_margin, "roundoff_margin")
     incs = tuple(inputs.increments)
     m = len(incs)
     if m < 3:
@@ -476,7 +471,7 @@ def kwm(epsilon, window=5, *, neutral_epsilon=1e-2, rank=None, rcond=None,
                       what="a number in [0, 1)")
     linalg.validate_rank(rank)
     validation.optional_fraction(rcond, "rcond")
-    _check_roundoff_margin(roundoff_margin)
+    _check_margin(roundoff_margin, "roundoff_margin")
     validation.boolean(relative, "relative")
     validation.boolean(drift, "drift")
     _check_margin(margin)
